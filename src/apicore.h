@@ -1,0 +1,55 @@
+/*
+ * apicore.h — what the capability files share, and nothing else.
+ *
+ * Each capability lives in one C file (idempotency.c, cursor.c, keyset.c,
+ * rate_limit.c, saga.c, soft_delete.c, worker.c; crypto.c owns libsodium and
+ * the cursor keys).  A capability exposes one Init function, called from
+ * _PG_init to define its settings, and optionally a pair of shared-memory
+ * functions.  apicore.c lists them in one table; nothing else is wired by hand.
+ *
+ * Maintenance tasks are registered in SQL, not C: a capability's install
+ * fragment inserts a row into apicore.maintenance_task naming a function
+ * `RETURNS text`.  The worker and apicore.run_maintenance() call every row.
+ */
+#ifndef APICORE_H
+#define APICORE_H
+
+#include "postgres.h"
+
+#ifndef APICORE_VERSION
+#define APICORE_VERSION "unknown"
+#endif
+
+/* A capability's hooks into library load and shared-memory setup. */
+typedef struct ApicoreCapability
+{
+	const char *name;
+	void		(*init) (void);			/* define settings; always called */
+	void		(*shmem_request) (void);	/* RequestAddinShmemSpace etc.; preload only */
+	void		(*shmem_startup) (void);	/* ShmemInitStruct etc.; preload only */
+} ApicoreCapability;
+
+/* true when loaded through shared_preload_libraries */
+extern bool apicore_preloaded;
+
+/*
+ * Raise SQLSTATE 55000 naming `feature` unless apicore was preloaded; the
+ * hint names the setting to change.
+ */
+extern void ApicoreRequirePreload(const char *feature);
+
+/* Capability entry points (one per file). */
+extern void WorkerInit(void);
+extern void WorkerShmemRequest(void);
+extern void WorkerShmemStartup(void);
+extern void CryptoInit(void);
+extern void IdempotencyInit(void);
+extern void CursorInit(void);
+extern void KeysetInit(void);
+extern void RateLimitInit(void);
+extern void RateLimitShmemRequest(void);
+extern void RateLimitShmemStartup(void);
+extern void SagaInit(void);
+extern void SoftDeleteInit(void);
+
+#endif							/* APICORE_H */

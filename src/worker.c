@@ -1,0 +1,617 @@
+/*
+ * worker.c — the maintenance background worker and apicore.run_maintenance().
+ *
+ * Shape (pg_cron / pg_partman): one static launcher worker reads
+ * apicore.database and keeps one dynamic worker alive per database.  Each
+ * database worker wakes every apicore.maintenance_interval and runs every
+ * task listed in apicore.maintenance_task, each in its own short transaction
+ * so that one failing task neither blocks nor undoes the others.
+ *
+ * Capabilities add tasks by inserting a row in their install fragment; this
+ * file never needs to change for a new task.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "apicore.h"
+
+#define MAX_DATABASES 32
+#define ERROR_TEXT_LEN 256
+
+/* Settings */
+static char *apicore_database = NULL;
+static int	maintenance_interval_ms = 60000;
+
+/* What a database worker reports about itself, for apicore.maintenance_workers. */
+typedef struct WorkerSlot
+{
+	char		dbname[NAMEDATALEN];	/* empty = free slot */
+	int			pid;
+	int64		rounds;
+	int64		tasks_failed;
+	TimestampTz started_at;
+	TimestampTz last_round_at;
+	char		last_error[ERROR_TEXT_LEN];
+} WorkerSlot;
+
+typedef struct WorkerShared
+{
+	slock_t		mutex;
+	WorkerSlot	slots[MAX_DATABASES];
+} WorkerShared;
+
+static WorkerShared *worker_shared = NULL;
+
+/* One registered maintenance task, as read from apicore.maintenance_task. */
+typedef struct MaintenanceTask
+{
+	char	   *name;
+	Oid			function;
+} MaintenanceTask;
+
+/* The launcher's view of one database worker. */
+typedef struct DatabaseWorker
+{
+	char		dbname[NAMEDATALEN];
+	BackgroundWorkerHandle *handle;
+	TimestampTz next_start;
+	bool		exit_logged;
+} DatabaseWorker;
+
+PGDLLEXPORT void ApicoreLauncherMain(Datum arg);
+PGDLLEXPORT void ApicoreDatabaseWorkerMain(Datum arg);
+
+PG_FUNCTION_INFO_V1(apicore_run_maintenance);
+PG_FUNCTION_INFO_V1(apicore_maintenance_workers);
+
+/* ---------- settings ---------- */
+
+static bool
+CheckDatabaseList(char **newval, void **extra, GucSource source)
+{
+	char	   *copy = pstrdup(*newval);
+	List	   *names = NIL;
+	bool		ok = SplitIdentifierString(copy, ',', &names);
+
+	if (ok && list_length(names) > MAX_DATABASES)
+	{
+		GUC_check_errdetail("apicore.database names %d databases; at most %d are supported.",
+							list_length(names), MAX_DATABASES);
+		ok = false;
+	}
+	else if (!ok)
+		GUC_check_errdetail("apicore.database must be a comma-separated list of database names, e.g. 'postgres, shop'.");
+	list_free(names);
+	pfree(copy);
+	return ok;
+}
+
+void
+WorkerInit(void)
+{
+	DefineCustomStringVariable("apicore.database",
+							   "Databases, comma-separated, in which the apicore maintenance worker runs.",
+							   "Each named database gets one worker; databases without the extension are checked again every interval.",
+							   &apicore_database, "postgres", PGC_SIGHUP, 0,
+							   CheckDatabaseList, NULL, NULL);
+	DefineCustomIntVariable("apicore.maintenance_interval",
+							"Time between two maintenance rounds of the apicore worker.",
+							"Accepts 100ms to 1d.",
+							&maintenance_interval_ms, 60000, 100, 86400000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	{
+		BackgroundWorker worker;
+
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = 5;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "apicore");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "ApicoreLauncherMain");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "apicore launcher");
+		snprintf(worker.bgw_type, BGW_MAXLEN, "apicore launcher");
+		RegisterBackgroundWorker(&worker);
+	}
+}
+
+void
+WorkerShmemRequest(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkerShared)));
+}
+
+void
+WorkerShmemStartup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	worker_shared = ShmemInitStruct("apicore maintenance workers", sizeof(WorkerShared), &found);
+	if (!found)
+	{
+		memset(worker_shared, 0, sizeof(WorkerShared));
+		SpinLockInit(&worker_shared->mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* ---------- the task list, shared by the worker and run_maintenance() ---------- */
+
+/* Read apicore.maintenance_task; the list is allocated in `cxt`. */
+static List *
+MaintenanceTaskList(MemoryContext cxt)
+{
+	List	   *tasks = NIL;
+
+	SPI_connect();
+	if (SPI_execute("SELECT task, function::oid FROM apicore.maintenance_task "
+					"ORDER BY run_order, task", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "apicore: could not read apicore.maintenance_task");
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+		MaintenanceTask *task = palloc(sizeof(MaintenanceTask));
+
+		task->name = SPI_getvalue(row, desc, 1);
+		task->function = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
+		tasks = lappend(tasks, task);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	return tasks;
+}
+
+/* Call one task's function; its text result is the detail reported. */
+static char *
+CallMaintenanceTask(MaintenanceTask *task)
+{
+	Datum		detail = OidFunctionCall0(task->function);
+
+	return TextDatumGetCString(detail);
+}
+
+/* ---------- apicore.run_maintenance() ---------- */
+
+/*
+ * Each task runs in a subtransaction: a failure is reported as its row's
+ * detail (and a WARNING) and the other tasks still run and keep their work.
+ */
+static char *
+RunTaskInSubtransaction(MaintenanceTask *task)
+{
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	ResourceOwner caller_owner = CurrentResourceOwner;
+	char	   *volatile detail;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller_cxt);
+	PG_TRY();
+	{
+		char	   *result = CallMaintenanceTask(task);
+
+		MemoryContextSwitchTo(caller_cxt);
+		detail = pstrdup(result);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(caller_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		detail = psprintf("failed: %s", edata->message);
+		ereport(WARNING,
+				(errmsg("apicore: maintenance task %s failed: %s", task->name, edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller_cxt);
+	CurrentResourceOwner = caller_owner;
+	return detail;
+}
+
+Datum
+apicore_run_maintenance(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	List	   *tasks;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	tasks = MaintenanceTaskList(CurrentMemoryContext);
+	foreach(lc, tasks)
+	{
+		MaintenanceTask *task = lfirst(lc);
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = CStringGetTextDatum(task->name);
+		values[1] = CStringGetTextDatum(RunTaskInSubtransaction(task));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* ---------- shared-memory slots ---------- */
+
+static WorkerSlot *
+ClaimWorkerSlot(const char *dbname)
+{
+	WorkerSlot *slot = NULL;
+
+	SpinLockAcquire(&worker_shared->mutex);
+	for (int i = 0; i < MAX_DATABASES && slot == NULL; i++)
+		if (strcmp(worker_shared->slots[i].dbname, dbname) == 0)
+			slot = &worker_shared->slots[i];
+	for (int i = 0; i < MAX_DATABASES && slot == NULL; i++)
+		if (worker_shared->slots[i].dbname[0] == '\0')
+			slot = &worker_shared->slots[i];
+	if (slot)
+	{
+		strlcpy(slot->dbname, dbname, NAMEDATALEN);
+		slot->pid = MyProcPid;
+		slot->started_at = GetCurrentTimestamp();
+		slot->last_error[0] = '\0';
+	}
+	SpinLockRelease(&worker_shared->mutex);
+	return slot;
+}
+
+static void
+RecordRound(WorkerSlot *slot, int failed, const char *error)
+{
+	if (slot == NULL)
+		return;
+	SpinLockAcquire(&worker_shared->mutex);
+	slot->rounds++;
+	slot->tasks_failed += failed;
+	slot->last_round_at = GetCurrentTimestamp();
+	if (error)
+		strlcpy(slot->last_error, error, ERROR_TEXT_LEN);
+	SpinLockRelease(&worker_shared->mutex);
+}
+
+static void
+ReleaseWorkerSlot(int code, Datum arg)
+{
+	WorkerSlot *slot = (WorkerSlot *) DatumGetPointer(arg);
+
+	SpinLockAcquire(&worker_shared->mutex);
+	if (slot->pid == MyProcPid)
+		slot->pid = 0;
+	SpinLockRelease(&worker_shared->mutex);
+}
+
+Datum
+apicore_maintenance_workers(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	WorkerSlot	copy[MAX_DATABASES];
+
+	ApicoreRequirePreload("apicore.maintenance_workers");
+	InitMaterializedSRF(fcinfo, 0);
+
+	SpinLockAcquire(&worker_shared->mutex);
+	memcpy(copy, worker_shared->slots, sizeof(copy));
+	SpinLockRelease(&worker_shared->mutex);
+
+	for (int i = 0; i < MAX_DATABASES; i++)
+	{
+		Datum		values[7];
+		bool		nulls[7] = {false};
+
+		if (copy[i].dbname[0] == '\0')
+			continue;
+		values[0] = CStringGetTextDatum(copy[i].dbname);
+		values[1] = Int32GetDatum(copy[i].pid);
+		nulls[1] = copy[i].pid == 0;
+		values[2] = Int64GetDatum(copy[i].rounds);
+		values[3] = Int64GetDatum(copy[i].tasks_failed);
+		values[4] = TimestampTzGetDatum(copy[i].started_at);
+		values[5] = TimestampTzGetDatum(copy[i].last_round_at);
+		nulls[5] = copy[i].rounds == 0;
+		values[6] = CStringGetTextDatum(copy[i].last_error);
+		nulls[6] = copy[i].last_error[0] == '\0';
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* ---------- the database worker ---------- */
+
+/*
+ * Run one task in its own transaction.  Returns NULL on success, else the
+ * error message (allocated in `cxt`); the error is logged, not rethrown.
+ */
+static char *
+RunTaskInTransaction(MaintenanceTask *task, const char *dbname, MemoryContext cxt)
+{
+	char	   *volatile failure = NULL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, task->name);
+	PG_TRY();
+	{
+		char	   *detail = CallMaintenanceTask(task);
+
+		elog(DEBUG1, "apicore: %s in %s: %s", task->name, dbname, detail);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		failure = psprintf("%s: %s", task->name, edata->message);
+		ereport(LOG,
+				(errmsg("apicore: maintenance task %s failed in database \"%s\": %s",
+						task->name, dbname, edata->message),
+				 errhint("The task runs again in the next round.")));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return failure;
+}
+
+/* Read the task list, or NIL when the extension is not installed here. */
+static List *
+ReadTasksIfInstalled(MemoryContext cxt, bool *installed)
+{
+	List	   *tasks = NIL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	*installed = OidIsValid(get_extension_oid("apicore", true));
+	if (*installed)
+		tasks = MaintenanceTaskList(cxt);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return tasks;
+}
+
+static void
+RunMaintenanceRound(WorkerSlot *slot, const char *dbname, MemoryContext cxt, bool *was_installed)
+{
+	bool		installed;
+	List	   *tasks = ReadTasksIfInstalled(cxt, &installed);
+	ListCell   *lc;
+	int			failed = 0;
+	char	   *last_failure = NULL;
+
+	if (!installed)
+	{
+		if (*was_installed)
+			ereport(LOG,
+					(errmsg("apicore: database \"%s\" has no apicore extension; maintenance waits for it",
+							dbname),
+					 errhint("Run CREATE EXTENSION apicore in \"%s\", or remove it from apicore.database.",
+							 dbname)));
+		*was_installed = false;
+		RecordRound(slot, 0, "extension apicore is not installed in this database");
+		return;
+	}
+	*was_installed = true;
+
+	foreach(lc, tasks)
+	{
+		char	   *failure = RunTaskInTransaction(lfirst(lc), dbname, cxt);
+
+		if (failure)
+		{
+			failed++;
+			last_failure = failure;
+		}
+	}
+	RecordRound(slot, failed, last_failure ? last_failure : "");
+}
+
+void
+ApicoreDatabaseWorkerMain(Datum arg)
+{
+	char		dbname[NAMEDATALEN];
+	WorkerSlot *slot;
+	MemoryContext round_cxt;
+	bool		was_installed = true;
+
+	strlcpy(dbname, MyBgworkerEntry->bgw_extra, NAMEDATALEN);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
+	pgstat_report_appname("apicore maintenance");
+
+	/* Never queue behind application locks for long: give up, retry next round. */
+	SetConfigOption("lock_timeout", "1000", PGC_SUSET, PGC_S_OVERRIDE);
+
+	slot = ClaimWorkerSlot(dbname);
+	if (slot)
+		on_shmem_exit(ReleaseWorkerSlot, PointerGetDatum(slot));
+
+	round_cxt = AllocSetContextCreate(TopMemoryContext, "apicore maintenance round",
+									  ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		MemoryContextReset(round_cxt);
+		RunMaintenanceRound(slot, dbname, round_cxt, &was_installed);
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 maintenance_interval_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* ---------- the launcher ---------- */
+
+static bool
+StartDatabaseWorker(DatabaseWorker *dw)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;	/* the launcher restarts it */
+	worker.bgw_notify_pid = MyProcPid;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apicore");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "ApicoreDatabaseWorkerMain");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "apicore maintenance %s", dw->dbname);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "apicore maintenance");
+	strlcpy(worker.bgw_extra, dw->dbname, BGW_EXTRALEN);
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &dw->handle))
+	{
+		ereport(LOG,
+				(errmsg("apicore: could not start a maintenance worker for database \"%s\"", dw->dbname),
+				 errhint("Raise max_worker_processes.")));
+		dw->handle = NULL;
+		return false;
+	}
+	dw->exit_logged = false;
+	return true;
+}
+
+/* Parse apicore.database into the launcher's table, keeping running workers. */
+static int
+SyncDatabaseList(DatabaseWorker *workers, int nworkers)
+{
+	char	   *copy = pstrdup(apicore_database);
+	List	   *names = NIL;
+	DatabaseWorker wanted[MAX_DATABASES];
+	int			nwanted = 0;
+	ListCell   *lc;
+
+	if (!SplitIdentifierString(copy, ',', &names))
+		names = NIL;			/* the check hook refuses bad values; be safe */
+	foreach(lc, names)
+	{
+		DatabaseWorker *dw = &wanted[nwanted];
+
+		if (nwanted >= MAX_DATABASES)
+			break;
+		memset(dw, 0, sizeof(*dw));
+		strlcpy(dw->dbname, lfirst(lc), NAMEDATALEN);
+		for (int i = 0; i < nworkers; i++)
+			if (strcmp(workers[i].dbname, dw->dbname) == 0)
+			{
+				*dw = workers[i];
+				workers[i].handle = NULL;	/* kept */
+			}
+		nwanted++;
+	}
+	/* databases dropped from the setting: stop their workers */
+	for (int i = 0; i < nworkers; i++)
+		if (workers[i].handle)
+			TerminateBackgroundWorker(workers[i].handle);
+	memcpy(workers, wanted, sizeof(DatabaseWorker) * nwanted);
+	return nwanted;
+}
+
+/* Start workers that are missing; returns ms until the next one is due. */
+static long
+SuperviseDatabaseWorkers(DatabaseWorker *workers, int nworkers)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		wait_ms = maintenance_interval_ms;
+
+	for (int i = 0; i < nworkers; i++)
+	{
+		DatabaseWorker *dw = &workers[i];
+		pid_t		pid;
+
+		if (dw->handle && GetBackgroundWorkerPid(dw->handle, &pid) != BGWH_STOPPED)
+			continue;
+		if (dw->handle && !dw->exit_logged)
+		{
+			ereport(LOG,
+					(errmsg("apicore: maintenance worker for database \"%s\" stopped; starting it again in %d ms",
+							dw->dbname, maintenance_interval_ms),
+					 errhint("If the database does not exist, remove it from apicore.database.")));
+			dw->exit_logged = true;
+			dw->next_start = TimestampTzPlusMilliseconds(now, maintenance_interval_ms);
+		}
+		if (now >= dw->next_start)
+		{
+			if (StartDatabaseWorker(dw))
+				dw->next_start = TimestampTzPlusMilliseconds(now, maintenance_interval_ms);
+		}
+		else
+			wait_ms = Min(wait_ms, TimestampDifferenceMilliseconds(now, dw->next_start));
+	}
+	return Max(wait_ms, 10);
+}
+
+void
+ApicoreLauncherMain(Datum arg)
+{
+	DatabaseWorker workers[MAX_DATABASES];
+	int			nworkers = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	memset(workers, 0, sizeof(workers));
+	nworkers = SyncDatabaseList(workers, 0);
+	for (;;)
+	{
+		long		wait_ms;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			nworkers = SyncDatabaseList(workers, nworkers);
+		}
+		wait_ms = SuperviseDatabaseWorkers(workers, nworkers);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 wait_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
