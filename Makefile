@@ -75,8 +75,8 @@ fuzz:
 bench: sandbox
 	test/bench/run
 
-demo: sandbox
-	scripts/demo-server
+demo:
+	scripts/demo
 
 # Valgrind: the sandbox's postgres is wrapped so that every server process
 # runs under memcheck, then the regression and isolation suites run.  Only
