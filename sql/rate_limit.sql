@@ -87,7 +87,7 @@ SELECT allowed, "limit", remaining FROM apicore.rate_limit_check('pro', 'acme');
 -- a policy changed in place takes effect at once
 SELECT apicore.rate_limit_policy_set('free', 4, '1 minute');
 SELECT allowed, "limit", remaining FROM apicore.rate_limit_check('free', 'acme');
-SELECT * FROM apicore.rate_limit_policy ORDER BY name \gx
+SELECT name, "limit", period, burst, algorithm, mode FROM apicore.rate_limit_policy ORDER BY name;
 
 -- shadow mode: would-be rejections are counted, nothing is rejected
 SELECT apicore.rate_limit_policy_set('trial', 1, '1 hour', mode => 'shadow');
