@@ -961,6 +961,8 @@ static bool
 RlFindEntries(RlCall *calls, int n, int32 cost, uint32 held, int64 now)
 {
 	for (int i = 0; i < n; i++)
+		calls[i].entry = NULL;
+	for (int i = 0; i < n; i++)
 	{
 		RlEntry    *e = RlLookup(&calls[i].key);
 
