@@ -485,7 +485,8 @@ RlMakeParams(RlKind kind, int32 limit, const Interval *period,
 				 errmsg("rate limit burst applies only to algorithm gcra"),
 				 errhint("Leave burst NULL for fixed_window and sliding_window: they allow \"limit\" per window.")));
 	p->burst = burst_given ? burst : limit;
-	p->interval_ns = (int64) ((int128) p->period * 1000 / limit);
+	/* period <= 10 years, so period in ns fits int64: no 128-bit division here */
+	p->interval_ns = p->period * 1000 / limit;
 	if (p->interval_ns < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
