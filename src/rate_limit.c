@@ -235,10 +235,12 @@ PG_FUNCTION_INFO_V1(apicore_rate_limit_maintain);
 void
 RateLimitInit(void)
 {
-	DefineCustomIntVariable("apicore.rate_limit_max_keys",
-							"Rate-limit keys (and concurrency leases) kept in shared memory.",
-							NULL, &rl_max_keys, 100000, 16, 100000000,
-							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	/* a PGC_POSTMASTER setting can only be defined while preloading */
+	if (apicore_preloaded)
+		DefineCustomIntVariable("apicore.rate_limit_max_keys",
+								"Rate-limit keys (and concurrency leases) kept in shared memory.",
+								NULL, &rl_max_keys, 100000, 16, 100000000,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomEnumVariable("apicore.rate_limit_when_full",
 							 "What a new rate-limit key gets when the table is full of busy keys: allow (fail open) or deny (fail closed).",
 							 NULL, &rl_when_full, RL_FULL_ALLOW, when_full_options,

@@ -23,7 +23,7 @@ COMMENT ON FUNCTION apicore.rate_limit(text, int, interval, int, int) IS
 CREATE TABLE apicore.rate_limit_policy (
     name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.:-]{1,63}$'),
     "limit"    int NOT NULL CHECK ("limit" > 0),
-    period     interval NOT NULL CHECK (period > '0'::interval),
+    period     interval NOT NULL CHECK (period > '0'::interval AND period <= '3660 days'::interval),
     burst      int CHECK (burst > 0),
     algorithm  text NOT NULL DEFAULT 'gcra'
                CHECK (algorithm IN ('gcra', 'fixed_window', 'sliding_window')),

@@ -100,6 +100,20 @@ $node->pgbench('-n -c 8 -j 2 -t 200', 0, [qr/processed: 1600\/1600/], [qr/^$/],
 is($node->safe_psql('postgres', q{SELECT allowed || ',' || rejected FROM apicore.rate_limit_stats WHERE policy = 'hot'}),
 	'100,1500', 'of 1600 concurrent calls exactly the limit of 100 was allowed');
 
+# ---- all or nothing under concurrency: both limits always allow the same calls
+$node->safe_psql('postgres', q{
+SELECT apicore.rate_limit_policy_set('pair_small', 50, '1 hour');
+SELECT apicore.rate_limit_policy_set('pair_large', 1000, '1 hour');
+});
+$node->pgbench('-n -c 8 -j 2 -t 100', 0, [qr/processed: 800\/800/], [qr/^$/],
+	'8 clients run two-limit checks',
+	{ 'pair' => q{SELECT apicore.rate_limit_check(ARRAY['pair_small', 'pair_large'], ARRAY['x', 'y']);
+SELECT apicore.rate_limit_check(ARRAY['pair_large', 'pair_small'], ARRAY['y', 'x']);} });
+is($node->safe_psql('postgres', q{SELECT string_agg(policy || '=' || allowed, ',' ORDER BY policy)
+	FROM apicore.rate_limit_stats WHERE policy LIKE 'pair%'}),
+	'pair_large=50,pair_small=50',
+	'a call rejected by the small limit never consumed from the large one');
+
 # ---- a hot standby rate-limits read-only traffic
 $node->backup('base');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
@@ -117,4 +131,19 @@ like($err, qr/read-only transaction/, 'policies cannot be changed on a standby')
 
 $standby->stop;
 $node->stop;
+
+# ---- without shared_preload_libraries: a clear error, and housekeeping says why it skipped
+my $plain = PostgreSQL::Test::Cluster->new('no_preload');
+$plain->init;
+$plain->start;
+$plain->safe_psql('postgres', 'CREATE EXTENSION apicore');
+($ret, $out, $err) = $plain->psql('postgres', q{SELECT apicore.rate_limit('k', 1, '1 second')},
+	extra_params => ['-v', 'VERBOSITY=verbose']);
+like($err, qr/55000.*rate_limit needs apicore loaded at server start/s,
+	'rate_limit without preload raises 55000 naming the feature');
+like($err, qr/shared_preload_libraries/, 'and the hint names the setting');
+like($plain->safe_psql('postgres', 'SELECT apicore._rate_limit_maintain()'),
+	qr/^skipped: rate limits need apicore in shared_preload_libraries$/,
+	'the housekeeping task reports a note instead of failing');
+$plain->stop;
 done_testing();
