@@ -211,11 +211,11 @@ SELECT apicore.concurrency_acquire(NULL, 1);
 SELECT apicore.concurrency_release('jobs', NULL);
 SET apicore.rate_limit_test_clock = -1;
 -- the test clock is for superusers (tests) only
-CREATE ROLE rate_limit_app;
-SET ROLE rate_limit_app;
+CREATE ROLE regress_rate_limit_app;
+SET ROLE regress_rate_limit_app;
 SET apicore.rate_limit_test_clock = 1;
 RESET ROLE;
-DROP ROLE rate_limit_app;
+DROP ROLE regress_rate_limit_app;
 \set ON_ERROR_STOP 1
 \set VERBOSITY default
 -- the message names the argument and the hint says how to fix it

@@ -1177,7 +1177,8 @@ RlLoadPolicyRow(HTAB *cache, HeapTuple row, TupleDesc desc)
 static void
 RlLoadPolicies(void)
 {
-	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "apicore rate limit policies",
+	/* built under the caller's context: an error while loading frees it */
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "apicore rate limit policies",
 											  ALLOCSET_SMALL_SIZES);
 	HASHCTL		ctl = {0};
 	HTAB	   *cache;
@@ -1198,6 +1199,7 @@ RlLoadPolicies(void)
 
 	if (policy_cache_cxt)
 		MemoryContextDelete(policy_cache_cxt);
+	MemoryContextSetParent(cxt, TopMemoryContext);
 	policy_cache_cxt = cxt;
 	policy_cache = cache;
 	policy_cache_generation = generation;
