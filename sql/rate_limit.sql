@@ -210,6 +210,7 @@ SELECT apicore.concurrency_acquire('jobs', 1, '0 seconds');
 SELECT apicore.concurrency_acquire(NULL, 1);
 SELECT apicore.concurrency_release('jobs', NULL);
 SET apicore.rate_limit_test_clock = -1;
+SET apicore.rate_limit_test_clock = 1e10;
 -- the test clock is for superusers (tests) only
 CREATE ROLE regress_rate_limit_app;
 SET ROLE regress_rate_limit_app;

@@ -247,7 +247,7 @@ RateLimitInit(void)
 							 PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomRealVariable("apicore.rate_limit_test_clock",
 							 "For tests only: the rate limiter's clock in seconds since 1970-01-01 UTC; 0 uses the server's clock.",
-							 NULL, &rl_test_clock, 0, 0, 1e11,
+							 NULL, &rl_test_clock, 0, 0, 5e9,	/* year 2128: GCRA's ns stay in int64 */
 							 PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 }
 
