@@ -22,7 +22,6 @@
 
 #include <math.h>
 #include <sodium.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "access/htup_details.h"
