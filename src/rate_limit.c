@@ -58,6 +58,7 @@
 #define RL_MAX_PERIOD		(INT64CONST(3660) * USECS_PER_DAY)	/* 10 years */
 #define RL_MAX_TOLERANCE_NS (INT64CONST(36600) * USECS_PER_DAY * 1000)	/* 100 years */
 #define RL_FULL_RETRY		USECS_PER_SEC	/* Retry-After when the table is full */
+#define RL_LEASES_FULL		(-1)	/* no lease slot free (tokens are > 0) */
 
 /* Namespaces of the keyed hash: ad hoc limits, policies, concurrency. */
 #define RL_NS_ADHOC			'a'
@@ -1550,7 +1551,10 @@ RlReleaseHeldLeases(int code, Datum arg)
 	held_leases = NIL;
 }
 
-/* Take a lease on an entry under its partition lock; the token, or 0 if none is free. */
+/*
+ * Take a lease on an entry under its partition lock: the token, 0 when
+ * max_in_flight are already out, RL_LEASES_FULL when the slot pool is empty.
+ */
 static int64
 RlTakeLease(RlEntry *e, int32 max_in_flight, int64 expires_at, int64 now)
 {
@@ -1563,8 +1567,10 @@ RlTakeLease(RlEntry *e, int32 max_in_flight, int64 expires_at, int64 now)
 		e->state.other = RL_NONE;
 	}
 	RlPurgeLeases(e, now);
-	if (e->state.count >= max_in_flight || (i = RlPoolTake(&rl->slot_pool, RL_SLOT_LINKS)) == RL_NONE)
+	if (e->state.count >= max_in_flight)
 		return 0;
+	if ((i = RlPoolTake(&rl->slot_pool, RL_SLOT_LINKS)) == RL_NONE)
+		return RL_LEASES_FULL;
 	rl_slots[i].token = (int64) pg_atomic_fetch_add_u64(&rl->next_token, 1);
 	rl_slots[i].expires_at = expires_at;
 	rl_slots[i].pid = MyProcPid;
@@ -1614,11 +1620,20 @@ apicore_concurrency_acquire(PG_FUNCTION_ARGS)
 	e = RlLookup(&held->key);
 	if (e == NULL)
 		e = RlInsert(&held->key, 1U << part, now);
-	held->token = e ? RlTakeLease(e, max_in_flight, now + lease, now) : 0;
+	held->token = e ? RlTakeLease(e, max_in_flight, now + lease, now) : RL_LEASES_FULL;
 	values[2] = Int32GetDatum(e ? e->state.count : 0);
 	LWLockRelease(RlLock(part));
 
-	values[0] = BoolGetDatum(held->token != 0 || (e == NULL && rl_when_full == RL_FULL_ALLOW));
+	/* a full table (keys or slots) is counted, and when_full decides */
+	if (held->token == RL_LEASES_FULL)
+	{
+		if (e)
+			pg_atomic_fetch_add_u64(&rl->full_events, 1);
+		held->token = 0;
+		values[0] = BoolGetDatum(rl_when_full == RL_FULL_ALLOW);
+	}
+	else
+		values[0] = BoolGetDatum(held->token != 0);
 	values[1] = Int64GetDatum(held->token);
 	nulls[1] = held->token == 0;
 	nulls[2] = e == NULL;
