@@ -618,7 +618,7 @@ FixedWindowStep(const RlParams *p, const RlState *in, int32 cost, int64 now,
 	}
 	else
 		r->retry_after = end - now;
-	r->remaining = p->limit - used;
+	r->remaining = Max(p->limit - used, 0);	/* the limit may have been lowered */
 	r->reset_after = used > 0 ? end - now : 0;
 	return r->allowed;
 }
