@@ -980,7 +980,7 @@ DropCascadeTriggers(SoftDeleteTable *t)
 
 	RunSql("SELECT pg_catalog.format('DROP TRIGGER %I ON %s', g.tgname, g.tgrelid::regclass) "
 		   "FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_trigger g "
-		   "  ON g.tgrelid = c.confrelid AND g.tgname = pg_catalog.format('" CASCADE_TRIGGER_FMT "', c.oid) "
+		   "  ON g.tgrelid = c.confrelid AND g.tgname = 'apicore_soft_delete_cascade_' || c.oid "
 		   "WHERE c.contype = 'f' AND c.conrelid = $1",
 		   1, types, values);
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -1402,7 +1402,7 @@ apicore_tenant_isolation_enable(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("apicore: tbl: tenant isolation is already enabled on table \"%s\"", t.relname),
 				 errhint("DROP POLICY %s ON %s to change it.", TENANT_POLICY, t.qualname)));
-	tenant = psprintf("%s = pg_catalog.nullif(pg_catalog.current_setting(%s, true), '')::%s",
+	tenant = psprintf("%s = NULLIF(pg_catalog.current_setting(%s, true), '')::%s",
 					  quote_identifier(column), quote_literal_cstr(setting),
 					  ColumnType(t.relid, attnum));
 	ForceRowSecurity(&t);
