@@ -1530,14 +1530,13 @@ MaintainTable(MaintainedTable *mt)
 	hard_delete_depth++;
 	PG_TRY();
 	{
+		/* purge first: rows past both windows need not visit the archive */
+		if (mt->purge_after)
+			purged = PurgeBatch(mt->relid, mt->column, mt->purge_after);
 		if (mt->archive_after && OidIsValid(mt->archive))
 			archived = ArchiveBatch(mt);
-		if (mt->purge_after)
-		{
-			purged = PurgeBatch(mt->relid, mt->column, mt->purge_after);
-			if (OidIsValid(mt->archive))
-				purged += PurgeBatch(mt->archive, mt->column, mt->purge_after);
-		}
+		if (mt->purge_after && OidIsValid(mt->archive))
+			purged += PurgeBatch(mt->archive, mt->column, mt->purge_after);
 	}
 	PG_FINALLY();
 	{
