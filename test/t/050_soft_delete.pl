@@ -92,5 +92,21 @@ like($node->safe_psql('postgres', q{
 SELECT last_maintenance FROM apicore.soft_delete_settings WHERE tbl = 'public.notes'::regclass}),
 	qr/^public\.notes: archived \d+, purged \d+$/, 'the last run is recorded');
 
+# Without apicore preloaded, a backend that has not loaded the library has
+# no planner hook: the guard trigger stops the DELETE from removing rows,
+# and calling it loads the library, so the next DELETE is a soft delete.
+$node->adjust_conf('postgresql.conf', 'shared_preload_libraries', "''");
+$node->restart;
+my ($rc, $stdout, $stderr) = $node->psql('postgres', 'DELETE FROM public.notes WHERE id = 1');
+isnt($rc, 0, 'a DELETE planned without apicore loaded fails');
+like($stderr, qr/would remove rows for real/, 'the guard trigger says why');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM public.notes WHERE id = 1 AND deleted_at IS NULL'),
+	'1', 'the row was not removed');
+is($node->safe_psql('postgres', q{
+SELECT apicore.version() IS NOT NULL;
+DELETE FROM public.notes WHERE id = 1;
+SELECT count(*) FROM public.notes WHERE id = 1 AND deleted_at IS NOT NULL}),
+	"t\n1", 'once the library is loaded in the session, DELETE soft-deletes');
+
 $node->stop;
 done_testing();
