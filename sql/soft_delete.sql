@@ -1,6 +1,8 @@
 -- Soft delete enforced by row-level security: DELETE marks rows, reports them
 -- like a real DELETE, and no ordinary role (owner included) sees them again.
 \set VERBOSITY default
+-- err(sql): the SQLSTATE, message and hint a statement raises
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $f$ DECLARE h text; BEGIN EXECUTE q; RETURN 'no error'; EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; RETURN SQLSTATE || ': ' || SQLERRM || coalesce(E'\n  HINT: ' || nullif(h, ''), ''); END $f$;
 CREATE ROLE sd_owner;
 CREATE ROLE sd_app;
 CREATE ROLE sd_support;
@@ -18,12 +20,20 @@ CREATE TABLE sd.users (
 CREATE INDEX users_name_idx ON sd.users (name);
 GRANT SELECT, INSERT, UPDATE, DELETE ON sd.users TO sd_app, sd_support, sd_bypass;
 INSERT INTO sd.users SELECT g, 'u' || g || '@example.com', 'user ' || g FROM generate_series(1, 10) g;
+INSERT INTO sd.users VALUES (13, 'early@example.com', 'early');
+-- a plan cached before enable notices it (the trigger invalidates the relcache)
+PREPARE early(int) AS DELETE FROM sd.users WHERE id = $1;
+EXECUTE early(404);
 
 SELECT apicore.soft_delete_enable('sd.users');
 -- the column was added; the unique constraint became a partial unique index
 \d sd.users
 SELECT "table", "column", archive_table, kept_unique, partial_unique_indexes
   FROM apicore.soft_delete_tables;
+
+EXECUTE early(13);
+\echo deleted :ROW_COUNT
+SELECT count(*) AS early_still_visible FROM sd.users WHERE id = 13;
 
 -- ORM-style checks as the owner (FORCE ROW LEVEL SECURITY applies to it)
 DELETE FROM sd.users WHERE id IN (1, 2, 3);
@@ -123,33 +133,33 @@ MERGE INTO sd.users u USING (VALUES (10)) v(id) ON u.id = v.id
 RESET ROLE;
 
 -- bad input: each a documented SQLSTATE
-\set VERBOSITY verbose
-SELECT apicore.soft_delete_enable('sd.users');
-SELECT apicore.soft_delete_enable(NULL);
-SELECT apicore.soft_delete_enable('sd.users', NULL);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.users')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable(NULL)$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.users', NULL)$$);
 CREATE TABLE sd.nopk (a int);
-SELECT apicore.soft_delete_enable('sd.nopk');
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.nopk')$$);
 CREATE TABLE sd.wrongtype (id int PRIMARY KEY, deleted_at date);
-SELECT apicore.soft_delete_enable('sd.wrongtype');
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.wrongtype')$$);
+CREATE TABLE sd.notnull (id int PRIMARY KEY, deleted_at timestamptz NOT NULL DEFAULT now());
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.notnull')$$);
 CREATE VIEW sd.v AS SELECT * FROM sd.nopk;
-SELECT apicore.soft_delete_enable('sd.v');
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.v')$$);
 CREATE TABLE sd.parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
-SELECT apicore.soft_delete_enable('sd.parted');
-SELECT apicore.soft_delete_enable('sd.wrongtype', 'gone_at', '-1 day');
-SELECT apicore.soft_delete_enable('sd.wrongtype', 'gone_at', '30 days', '1 day');
-SELECT apicore.soft_delete_disable('sd.wrongtype');
-SELECT apicore.soft_delete_restore('sd.users', '{"uid": 1}');
-SELECT apicore.soft_delete_restore('sd.users', '{"id": 1, "extra": 2}');
-SELECT apicore.soft_delete_restore('sd.users', '[1]');
-SELECT apicore.soft_delete_restore('sd.users', '{"id": null}');
-SELECT apicore.soft_delete_restore('sd.users', NULL);
-SELECT apicore.soft_delete_restore('sd.users', '{"id": "abc"}');
-SELECT apicore.soft_delete_purge('sd.wrongtype', '{"id": 1}');
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.parted')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.wrongtype', 'gone_at', '-1 day')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.wrongtype', 'gone_at', '30 days', '1 day')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_disable('sd.wrongtype')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.users', '{"uid": 1}')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.users', '{"id": 1, "extra": 2}')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.users', '[1]')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.users', '{"id": null}')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.users', NULL)$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.users', '{"id": "abc"}')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_purge('sd.wrongtype', '{"id": 1}')$$);
 SET ROLE sd_app;
-SELECT apicore.soft_delete_disable('sd.users');
+SELECT pg_temp.err($$SELECT apicore.soft_delete_disable('sd.users')$$);
 RESET ROLE;
-SELECT apicore._soft_delete_guard();
-\set VERBOSITY default
+SELECT pg_temp.err($$SELECT apicore._soft_delete_guard()$$);
 
 -- erasure: purge removes a row for real, live or deleted
 SET ROLE sd_owner;

@@ -1,6 +1,8 @@
 -- Soft delete across foreign keys, archival and purge.
 -- Runs as the tables' owner: a superuser bypasses row-level security.
 \set VERBOSITY default
+-- err(sql): the SQLSTATE, message and hint a statement raises
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $f$ DECLARE h text; BEGIN EXECUTE q; RETURN 'no error'; EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; RETURN SQLSTATE || ': ' || SQLERRM || coalesce(E'\n  HINT: ' || nullif(h, ''), ''); END $f$;
 CREATE ROLE sdc_owner;
 CREATE SCHEMA sdc AUTHORIZATION sdc_owner;
 SET ROLE sdc_owner;
@@ -25,9 +27,7 @@ INSERT INTO sdc.tasks VALUES (100, 10, 't'), (101, 11, 't'), (200, 20, 't');
 INSERT INTO sdc.audit VALUES (1, 1), (2, 2);
 
 -- a child cannot go first: its parent's hard delete would orphan soft rows
-\set VERBOSITY verbose
-SELECT apicore.soft_delete_enable('sdc.projects');
-\set VERBOSITY default
+SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sdc.projects')$$);
 -- the parent first: the kept unique constraint and the plain child are reported
 SELECT apicore.soft_delete_enable('sdc.accounts', archive_after => '1 hour', purge_after => '30 days');
 SELECT apicore.soft_delete_enable('sdc.projects');
@@ -53,9 +53,7 @@ SET ROLE sdc_owner;
 INSERT INTO sdc.accounts VALUES (3, 'ann', 'Ann again');
 
 -- the parent cannot be disabled under soft-delete children
-\set VERBOSITY verbose
-SELECT apicore.soft_delete_disable('sdc.accounts');
-\set VERBOSITY default
+SELECT pg_temp.err($$SELECT apicore.soft_delete_disable('sdc.accounts')$$);
 
 -- archival: rows deleted longer ago than archive_after move to accounts_archive
 -- (the superuser backdates the deletion and runs maintenance)

@@ -1,6 +1,8 @@
 -- Tenant isolation: a restrictive policy on current_setting(setting); unset
 -- sees nothing; writes into another tenant are refused; soft delete ANDs in.
 \set VERBOSITY default
+-- err(sql): the SQLSTATE, message and hint a statement raises
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $f$ DECLARE h text; BEGIN EXECUTE q; RETURN 'no error'; EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; RETURN SQLSTATE || ': ' || SQLERRM || coalesce(E'\n  HINT: ' || nullif(h, ''), ''); END $f$;
 CREATE ROLE ti_app;
 CREATE SCHEMA ti AUTHORIZATION ti_app;
 SET ROLE ti_app;
@@ -38,14 +40,12 @@ RESET ROLE;
 SELECT polname, polpermissive FROM pg_policy WHERE polrelid = 'ti.orders'::regclass ORDER BY polname;
 
 -- bad input
-\set VERBOSITY verbose
-SELECT apicore.tenant_isolation_enable('ti.orders');
-SELECT apicore.tenant_isolation_enable('ti.orders', 'org_id');
-SELECT apicore.tenant_isolation_enable('ti.orders', 'tenant_id', 'no_prefix');
-SELECT apicore.tenant_isolation_enable('ti.orders', 'tenant_id', 'app.x; DROP TABLE y');
-SELECT apicore.tenant_isolation_enable('ti.orders', 'tenant_id', NULL);
-SELECT apicore.tenant_isolation_enable(NULL);
-\set VERBOSITY default
+SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable('ti.orders')$$);
+SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable('ti.orders', 'org_id')$$);
+SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable('ti.orders', 'tenant_id', 'no_prefix')$$);
+SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable('ti.orders', 'tenant_id', 'app.x; DROP TABLE y')$$);
+SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable('ti.orders', 'tenant_id', NULL)$$);
+SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable(NULL)$$);
 
 -- disabling soft delete keeps tenant isolation (and RLS) in place
 SET ROLE ti_app;

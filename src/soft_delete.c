@@ -685,6 +685,26 @@ CreateCascadeTriggers(SoftDeleteTable *t, List *constraints)
 	}
 }
 
+/*
+ * A live row has NULL in the column: a NOT NULL column or a default would
+ * make every new row a deleted one.
+ */
+static void
+RequireNullableWithoutDefault(SoftDeleteTable *t, const char *column, AttrNumber attnum)
+{
+	Relation	rel = table_open(t->relid, NoLock);
+	Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+	bool		unusable = att->attnotnull || att->atthasdef || att->attgenerated;
+
+	table_close(rel, NoLock);
+	if (unusable)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_COLUMN_DEFINITION),
+				 errmsg("apicore: column_name: column \"%s\" of \"%s\" must be nullable, without a default",
+						column, t->relname),
+				 errhint("NULL marks a live row: ALTER the column DROP NOT NULL / DROP DEFAULT, or pass another column_name.")));
+}
+
 /* Add the deleted-at column, or check the one that is there. */
 static void
 PrepareColumn(SoftDeleteTable *t, const char *column)
@@ -704,6 +724,7 @@ PrepareColumn(SoftDeleteTable *t, const char *column)
 				 errmsg("apicore: column_name: column \"%s\" of \"%s\" is %s, not timestamptz",
 						column, t->relname, format_type_be(type)),
 				 errhint("ALTER the column to timestamptz, or pass another column_name (apicore adds it).")));
+	RequireNullableWithoutDefault(t, column, attnum);
 }
 
 static void
