@@ -328,6 +328,36 @@ QueryText(const char *sql, int nargs, Oid *types, Datum *values)
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
+/* Run a query whose only parameter, $1, is the table's OID. */
+static uint64
+RunSqlForTable(const char *sql, Oid relid)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(relid)};
+
+	return RunSql(sql, 1, types, values);
+}
+
+/*
+ * Run `query` ($1 = the table's OID, $2 = `other`), whose rows are SQL
+ * statements built with format() so that the server quotes the names, then
+ * run each of them in order.
+ */
+static void
+RunGeneratedStatements(const char *query, Oid relid, Oid other)
+{
+	Oid			types[2] = {OIDOID, OIDOID};
+	Datum		values[2] = {ObjectIdGetDatum(relid), ObjectIdGetDatum(other)};
+	List	   *statements = NIL;
+	ListCell   *lc;
+
+	RunSql(query, OidIsValid(other) ? 2 : 1, types, values);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		statements = lappend(statements, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	foreach(lc, statements)
+		RunSql((char *) lfirst(lc), 0, NULL, NULL);
+}
+
 static void
 RequireArgument(FunctionCallInfo fcinfo, int argno, const char *name, const char *hint)
 {
@@ -616,10 +646,7 @@ HasPolicy(Oid relid, const char *name)
 static void
 ForceRowSecurity(SoftDeleteTable *t)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(t->relid)};
-
-	if (RunSql("SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid = $1", 1, types, values) == 0)
+	if (RunSqlForTable("SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid = $1", t->relid) == 0)
 		RunSqlf("CREATE POLICY %s ON %s AS PERMISSIVE FOR ALL TO PUBLIC USING (true) WITH CHECK (true)",
 				PERMIT_POLICY, t->qualname);
 	RunSqlf("ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY", t->qualname);
@@ -635,16 +662,14 @@ ForceRowSecurity(SoftDeleteTable *t)
 static List *
 CascadeParents(SoftDeleteTable *t)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(t->relid)};
 	List	   *constraints = NIL;
 
-	RunSql("SELECT oid, confrelid::regclass::text, "
+	RunSqlForTable("SELECT oid, confrelid::regclass::text, "
 		   "EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = c.confrelid "
 		   "        AND g.tgname = '" GUARD_TRIGGER "') "
 		   "FROM pg_catalog.pg_constraint c "
 		   "WHERE contype = 'f' AND conrelid = $1 AND confdeltype = 'c' AND confrelid <> $1",
-		   1, types, values);
+		   t->relid);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];
@@ -852,14 +877,11 @@ ConvertUniqueConstraints(SoftDeleteTable *t, const char *column, char **kept)
 static void
 ReportPlainChildren(SoftDeleteTable *t)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(t->relid)};
-
-	RunSql("SELECT conrelid::regclass::text FROM pg_catalog.pg_constraint c "
-		   "WHERE contype = 'f' AND confrelid = $1 AND confdeltype = 'c' AND conrelid <> $1 "
-		   "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = c.conrelid "
-		   "                  AND g.tgname = '" GUARD_TRIGGER "')",
-		   1, types, values);
+	RunSqlForTable("SELECT conrelid::regclass::text FROM pg_catalog.pg_constraint c "
+				   "WHERE contype = 'f' AND confrelid = $1 AND confdeltype = 'c' AND conrelid <> $1 "
+				   "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = c.conrelid "
+				   "                  AND g.tgname = '" GUARD_TRIGGER "')",
+				   t->relid);
 	for (uint64 i = 0; i < SPI_processed; i++)
 		ereport(NOTICE,
 				(errmsg("apicore: rows of %s that reference a soft-deleted row of \"%s\" stay as they are",
@@ -994,20 +1016,11 @@ RefuseIfSoftDeleteChildren(SoftDeleteTable *t)
 static void
 DropCascadeTriggers(SoftDeleteTable *t)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(t->relid)};
-	List	   *drops = NIL;
-	ListCell   *lc;
-
-	RunSql("SELECT pg_catalog.format('DROP TRIGGER %I ON %s', g.tgname, g.tgrelid::regclass) "
-		   "FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_trigger g "
-		   "  ON g.tgrelid = c.confrelid AND g.tgname = 'apicore_soft_delete_cascade_' || c.oid "
-		   "WHERE c.contype = 'f' AND c.conrelid = $1",
-		   1, types, values);
-	for (uint64 i = 0; i < SPI_processed; i++)
-		drops = lappend(drops, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
-	foreach(lc, drops)
-		RunSql((char *) lfirst(lc), 0, NULL, NULL);
+	RunGeneratedStatements("SELECT pg_catalog.format('DROP TRIGGER %I ON %s', g.tgname, g.tgrelid::regclass) "
+						   "FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_trigger g "
+						   "  ON g.tgrelid = c.confrelid AND g.tgname = 'apicore_soft_delete_cascade_' || c.oid "
+						   "WHERE c.contype = 'f' AND c.conrelid = $1",
+						   t->relid, InvalidOid);
 }
 
 /*
@@ -1148,41 +1161,57 @@ ReportRestoreConflict(SoftDeleteTable *t)
 			 errhint("Change or delete the live row that holds the value, then restore again.")));
 }
 
-/* Bring one row back from the archive, live; returns the rows moved (0 or 1). */
-static uint64
-RestoreFromArchive(SoftDeleteTable *t, Oid archive, const char *column,
-				   const char *match, Datum key)
-{
-	Oid			types[1] = {JSONBOID};
-	Datum		values[1] = {key};
-	char	   *select_list;
-	char	   *columns = SharedColumns(t->relid, archive, false, column, &select_list);
-
-	return RunSql(psprintf("WITH moved AS (DELETE FROM %s WHERE %s RETURNING *) "
-						   "INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM moved",
-						   QualifiedName(archive), match,
-						   t->qualname, columns, select_list),
-				  1, types, values);
-}
-
-/* Resolve tbl and pk for restore and purge, and check who is asking. */
-static SoftDeleteTable
-OpenForRowChange(FunctionCallInfo fcinfo, char **column, char **match)
+/* One row of a soft-delete table, named by the pk argument. */
+typedef struct RowChange
 {
 	SoftDeleteTable t;
+	char	   *column;			/* the deleted-at column */
+	char	   *match;			/* WHERE clause on the key; $1 is the pk jsonb */
+	Datum		key;
+} RowChange;
+
+/* Resolve tbl and pk for restore and purge, and check who is asking. */
+static RowChange
+OpenForRowChange(FunctionCallInfo fcinfo)
+{
+	RowChange	rc;
 	AttrNumber	attnum;
 	PrimaryKey	pk;
 
 	RequireArgument(fcinfo, 0, "tbl", "Pass the table, e.g. 'users'.");
 	RequireArgument(fcinfo, 1, "pk", "Pass the row's primary key as jsonb, e.g. '{\"id\": 42}'.");
-	t = OpenTarget(PG_GETARG_OID(0), RowExclusiveLock);
-	attnum = SoftDeleteColumnOf(t.relid);
-	RequireSoftDelete(&t, attnum);
-	RequireAdmin(&t);
-	pk = PrimaryKeyOf(&t);
-	*match = PrimaryKeyMatch(&pk, PG_GETARG_JSONB_P(1), t.relname);
-	*column = get_attname(t.relid, attnum, false);
-	return t;
+	rc.t = OpenTarget(PG_GETARG_OID(0), RowExclusiveLock);
+	attnum = SoftDeleteColumnOf(rc.t.relid);
+	RequireSoftDelete(&rc.t, attnum);
+	RequireAdmin(&rc.t);
+	pk = PrimaryKeyOf(&rc.t);
+	rc.match = PrimaryKeyMatch(&pk, PG_GETARG_JSONB_P(1), rc.t.relname);
+	rc.column = get_attname(rc.t.relid, attnum, false);
+	rc.key = PG_GETARG_DATUM(1);
+	return rc;
+}
+
+/* Run a statement on the row: $1 is the pk jsonb. */
+static uint64
+RunForRow(RowChange *rc, const char *sql)
+{
+	Oid			types[1] = {JSONBOID};
+	Datum		values[1] = {rc->key};
+
+	return RunSql(sql, 1, types, values);
+}
+
+/* Bring one row back from the archive, live; returns the rows moved (0 or 1). */
+static uint64
+RestoreFromArchive(RowChange *rc, Oid archive)
+{
+	char	   *select_list;
+	char	   *columns = SharedColumns(rc->t.relid, archive, false, rc->column, &select_list);
+
+	return RunForRow(rc, psprintf("WITH moved AS (DELETE FROM %s WHERE %s RETURNING *) "
+								  "INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM moved",
+								  QualifiedName(archive), rc->match,
+								  rc->t.qualname, columns, select_list));
 }
 
 /*
@@ -1193,33 +1222,28 @@ OpenForRowChange(FunctionCallInfo fcinfo, char **column, char **match)
 Datum
 apicore_soft_delete_restore(PG_FUNCTION_ARGS)
 {
-	char	   *column;
-	char	   *match;
-	SoftDeleteTable t = OpenForRowChange(fcinfo, &column, &match);
-	Oid			types[1] = {JSONBOID};
-	Datum		values[1] = {PG_GETARG_DATUM(1)};
+	RowChange	rc = OpenForRowChange(fcinfo);
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile uint64 restored = 0;
 	RoleSwitch	rs;
 
 	SPI_connect();
-	BecomeRole(&rs, t.owner);
+	BecomeRole(&rs, rc.t.owner);
 	PG_TRY();
 	{
 		Oid			archive;
 
-		restored = RunSql(psprintf("UPDATE ONLY %s SET %s = NULL WHERE %s IS NOT NULL AND %s",
-								   t.qualname, quote_identifier(column),
-								   quote_identifier(column), match),
-						  1, types, values);
-		if (restored == 0 && OidIsValid(archive = ArchiveOf(t.relid)))
-			restored = RestoreFromArchive(&t, archive, column, match, values[0]);
+		restored = RunForRow(&rc, psprintf("UPDATE ONLY %s SET %s = NULL WHERE %s IS NOT NULL AND %s",
+										   rc.t.qualname, quote_identifier(rc.column),
+										   quote_identifier(rc.column), rc.match));
+		if (restored == 0 && OidIsValid(archive = ArchiveOf(rc.t.relid)))
+			restored = RestoreFromArchive(&rc, archive);
 	}
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(cxt);
 		if (geterrcode() == ERRCODE_UNIQUE_VIOLATION)
-			ReportRestoreConflict(&t);
+			ReportRestoreConflict(&rc.t);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -1236,27 +1260,21 @@ apicore_soft_delete_restore(PG_FUNCTION_ARGS)
 Datum
 apicore_soft_delete_purge(PG_FUNCTION_ARGS)
 {
-	char	   *column;
-	char	   *match;
-	SoftDeleteTable t = OpenForRowChange(fcinfo, &column, &match);
-	Oid			types[1] = {JSONBOID};
-	Datum		values[1] = {PG_GETARG_DATUM(1)};
+	RowChange	rc = OpenForRowChange(fcinfo);
 	volatile uint64 purged = 0;
 	RoleSwitch	rs;
 
 	SPI_connect();
-	BecomeRole(&rs, t.owner);
+	BecomeRole(&rs, rc.t.owner);
 	hard_delete_depth++;
 	PG_TRY();
 	{
-		Oid			archive = ArchiveOf(t.relid);
+		Oid			archive = ArchiveOf(rc.t.relid);
 
-		purged = RunSql(psprintf("DELETE FROM ONLY %s WHERE %s", t.qualname, match),
-						1, types, values);
+		purged = RunForRow(&rc, psprintf("DELETE FROM ONLY %s WHERE %s", rc.t.qualname, rc.match));
 		if (OidIsValid(archive))
-			purged += RunSql(psprintf("DELETE FROM %s WHERE %s",
-									  QualifiedName(archive), match),
-							 1, types, values);
+			purged += RunForRow(&rc, psprintf("DELETE FROM %s WHERE %s",
+											  QualifiedName(archive), rc.match));
 	}
 	PG_FINALLY();
 	{
@@ -1484,21 +1502,13 @@ MaintainedTables(void)
 static void
 SyncArchiveColumns(MaintainedTable *mt)
 {
-	Oid			types[2] = {OIDOID, OIDOID};
-	Datum		values[2] = {ObjectIdGetDatum(mt->relid), ObjectIdGetDatum(mt->archive)};
-	List	   *alters = NIL;
-	ListCell   *lc;
-
-	RunSql("SELECT pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', $2::regclass, a.attname, "
-		   "       pg_catalog.format_type(a.atttypid, a.atttypmod)) "
-		   "FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped "
-		   "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b WHERE b.attrelid = $2 "
-		   "                  AND b.attname = a.attname AND NOT b.attisdropped)",
-		   2, types, values);
-	for (uint64 i = 0; i < SPI_processed; i++)
-		alters = lappend(alters, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
-	foreach(lc, alters)
-		RunSql((char *) lfirst(lc), 0, NULL, NULL);
+	RunGeneratedStatements("SELECT pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', $2::regclass, a.attname, "
+						   "       pg_catalog.format_type(a.atttypid, a.atttypmod)) "
+						   "FROM pg_catalog.pg_attribute a "
+						   "WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped "
+						   "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b WHERE b.attrelid = $2 "
+						   "                  AND b.attname = a.attname AND NOT b.attisdropped)",
+						   mt->relid, mt->archive);
 }
 
 /*
