@@ -119,6 +119,16 @@ SET apicore.allow_truncate = on;
 TRUNCATE sdc.tasks;
 RESET apicore.allow_truncate;
 
+-- the windows can change later; the archive is made when first needed
+SELECT apicore.soft_delete_configure('sdc.projects', archive_after => '1 hour');
+SELECT "table", archive_table::text, archive_after, purge_after
+  FROM apicore.soft_delete_tables WHERE "table" = 'sdc.projects'::regclass;
+SELECT apicore.soft_delete_configure('sdc.projects', purge_after => '1 day');
+SELECT "table", archive_table::text, archive_after, purge_after
+  FROM apicore.soft_delete_tables WHERE "table" = 'sdc.projects'::regclass;
+SELECT pg_temp.err($$SELECT apicore.soft_delete_configure('sdc.audit', '1 day')$$);
+SELECT pg_temp.err($$SELECT apicore.soft_delete_configure('sdc.projects', '2 days', '1 day')$$);
+
 -- disable children first, then the parent
 SELECT apicore.soft_delete_disable('sdc.tasks');
 SELECT apicore.soft_delete_disable('sdc.projects');

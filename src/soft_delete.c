@@ -110,8 +110,10 @@ typedef struct RoleSwitch
 } RoleSwitch;
 
 static Oid RelationOwner(Oid relid);
+static Oid ArchiveOf(Oid relid);
 
 PG_FUNCTION_INFO_V1(apicore_soft_delete_enable);
+PG_FUNCTION_INFO_V1(apicore_soft_delete_configure);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_disable);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_restore);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_purge);
@@ -655,6 +657,27 @@ ForceRowSecurity(SoftDeleteTable *t)
 /* ---------- soft_delete_enable ---------- */
 
 /*
+ * Archival and purge look for rows deleted before a point in time: an index
+ * on the column over deleted rows only (live rows, NULL, stay out of it).
+ */
+static void
+EnsureDeletedIndex(SoftDeleteTable *t, const char *column)
+{
+	Oid			types[3] = {OIDOID, TEXTOID, TEXTOID};
+	Datum		values[3] = {ObjectIdGetDatum(t->relid), CStringGetTextDatum(column),
+	CStringGetTextDatum(psprintf("(%s IS NOT NULL)", quote_identifier(column)))};
+
+	if (RunSql("SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a "
+			   "  ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+			   "WHERE i.indrelid = $1 AND a.attname = $2::name "
+			   "  AND pg_catalog.pg_get_expr(i.indpred, i.indrelid) = $3",
+			   3, types, values) > 0)
+		return;
+	RunSqlf("CREATE INDEX ON %s (%s) WHERE %s IS NOT NULL", t->qualname,
+			quote_identifier(column), quote_identifier(column));
+}
+
+/*
  * A soft-delete table whose ON DELETE CASCADE parent lacks soft delete would
  * be soft-marked when the parent row is hard-deleted, leaving a live-looking
  * orphan: refuse it.  Returns the cascading foreign keys (to add triggers).
@@ -752,11 +775,12 @@ PrepareColumn(SoftDeleteTable *t, const char *column)
 	RequireNullableWithoutDefault(t, column, attnum);
 }
 
+/* archive_after and purge_after are arguments `first` and `first` + 1. */
 static void
-CheckIntervals(FunctionCallInfo fcinfo)
+CheckIntervals(FunctionCallInfo fcinfo, int first)
 {
-	Interval   *archive_after = PG_ARGISNULL(2) ? NULL : PG_GETARG_INTERVAL_P(2);
-	Interval   *purge_after = PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3);
+	Interval   *archive_after = PG_ARGISNULL(first) ? NULL : PG_GETARG_INTERVAL_P(first);
+	Interval   *purge_after = PG_ARGISNULL(first + 1) ? NULL : PG_GETARG_INTERVAL_P(first + 1);
 	Interval	zero = {0};
 	Datum		zero_datum = IntervalPGetDatum(&zero);
 
@@ -950,13 +974,13 @@ apicore_soft_delete_enable(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("apicore: tbl: soft delete is already enabled on table \"%s\"", t.relname),
-				 errhint("Call apicore.soft_delete_disable('%s') first to change its settings.", t.qualname)));
+				 errhint("Change its windows with apicore.soft_delete_configure('%s', ...); to change the column, disable first.", t.qualname)));
 	if (column[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("apicore: column_name must not be empty"),
 				 errhint("Pass the deleted-at column, e.g. 'deleted_at'.")));
-	CheckIntervals(fcinfo);
+	CheckIntervals(fcinfo, 2);
 	pk = PrimaryKeyOf(&t);
 
 	rel = table_open(t.relid, NoLock);
@@ -970,8 +994,7 @@ apicore_soft_delete_enable(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(2))
 		archive = CreateArchive(&t, &pk, column);
 	if (!PG_ARGISNULL(2) || !PG_ARGISNULL(3))
-		RunSqlf("CREATE INDEX ON %s (%s) WHERE %s IS NOT NULL", t.qualname,
-				quote_identifier(column), quote_identifier(column));
+		EnsureDeletedIndex(&t, column);
 	converted = ConvertUniqueConstraints(&t, column, &kept);
 	ForceRowSecurity(&t);
 	RunSqlf("CREATE POLICY %s ON %s AS RESTRICTIVE FOR ALL TO PUBLIC USING (%s IS NULL)",
@@ -985,6 +1008,59 @@ apicore_soft_delete_enable(PG_FUNCTION_ARGS)
 	CreateCascadeTriggers(&t, cascade_fks);
 	ReportPlainChildren(&t);
 	RecordSettings(&t, fcinfo, archive, converted, kept, rls_was_enabled, rls_was_forced);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * apicore.soft_delete_configure(tbl, archive_after, purge_after): change the
+ * archive and purge windows of a soft-delete table (NULL turns one off).
+ * The archive table is created the first time it is needed.
+ */
+Datum
+apicore_soft_delete_configure(PG_FUNCTION_ARGS)
+{
+	SoftDeleteTable t;
+	AttrNumber	attnum;
+	char	   *column;
+	Oid			archive;
+	Oid			types[4] = {OIDOID, INTERVALOID, INTERVALOID, OIDOID};
+	Datum		values[4];
+	char		nulls[4] = "    ";
+	RoleSwitch	rs;
+
+	RequireArgument(fcinfo, 0, "tbl", "Pass the table, e.g. 'users'.");
+	t = OpenTarget(PG_GETARG_OID(0), AccessExclusiveLock);
+	RequireOwner(&t);
+	attnum = SoftDeleteColumnOf(t.relid);
+	RequireSoftDelete(&t, attnum);
+	column = get_attname(t.relid, attnum, false);
+	CheckIntervals(fcinfo, 1);
+
+	SPI_connect();
+	archive = ArchiveOf(t.relid);
+	if (!PG_ARGISNULL(1) && !OidIsValid(archive))
+	{
+		PrimaryKey	pk = PrimaryKeyOf(&t);
+
+		archive = CreateArchive(&t, &pk, column);
+	}
+	if (!PG_ARGISNULL(1) || !PG_ARGISNULL(2))
+		EnsureDeletedIndex(&t, column);
+
+	values[0] = ObjectIdGetDatum(t.relid);
+	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	values[3] = ObjectIdGetDatum(archive);
+	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
+	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+	nulls[3] = OidIsValid(archive) ? ' ' : 'n';
+	BecomeRole(&rs, SettingsOwner());
+	if (SPI_execute_with_args("UPDATE apicore.soft_delete_settings SET archive_after = $2, "
+							  "purge_after = $3, archive_table = $4 WHERE tbl = $1",
+							  4, types, values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "apicore: could not record soft delete settings");
+	RestoreRole(&rs);
 	SPI_finish();
 	PG_RETURN_VOID();
 }

@@ -41,6 +41,13 @@ CREATE FUNCTION apicore.soft_delete_enable(
 COMMENT ON FUNCTION apicore.soft_delete_enable(regclass, name, interval, interval) IS
     'DELETE on tbl marks rows (column_name = now()) and RLS hides them; optional archival and purge windows';
 
+CREATE FUNCTION apicore.soft_delete_configure(
+        tbl regclass, archive_after interval DEFAULT NULL, purge_after interval DEFAULT NULL)
+    RETURNS void LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_soft_delete_configure';
+COMMENT ON FUNCTION apicore.soft_delete_configure(regclass, interval, interval) IS
+    'change the archive and purge windows of a soft-delete table (NULL turns one off)';
+
 CREATE FUNCTION apicore.soft_delete_disable(tbl regclass)
     RETURNS void LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'apicore_soft_delete_disable';
