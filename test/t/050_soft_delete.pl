@@ -92,6 +92,24 @@ like($node->safe_psql('postgres', q{
 SELECT last_maintenance FROM apicore.soft_delete_settings WHERE tbl = 'public.notes'::regclass}),
 	qr/^public\.notes: archived \d+, purged \d+$/, 'the last run is recorded');
 
+# pg_dump keeps soft delete: the table's policies, triggers and partial
+# indexes go with it, and apicore.soft_delete_settings is dumped as
+# extension configuration.
+my $dump = $node->basedir . '/soft_delete.sql';
+$node->command_ok([ 'pg_dump', '-d', $node->connstr('postgres'), '-f', $dump ], 'pg_dump');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+$node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('restored'), '-f', $dump ],
+	'restore');
+is($node->safe_psql('restored', q{
+SELECT tbl = 'public.notes'::regclass, column_name, archive_after,
+       archive_table = 'public.notes_archive'::regclass
+  FROM apicore.soft_delete_settings}),
+	't|deleted_at|01:00:00|t', 'the settings survive dump and restore');
+is($node->safe_psql('restored', q{
+DELETE FROM public.notes WHERE id = 2;
+SELECT count(*) FROM public.notes WHERE id = 2 AND deleted_at IS NOT NULL}),
+	'1', 'DELETE soft-deletes in the restored database');
+
 # Without apicore preloaded, a backend that has not loaded the library has
 # no planner hook: the guard trigger stops the DELETE from removing rows,
 # and calling it loads the library, so the next DELETE is a soft delete.
