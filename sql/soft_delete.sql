@@ -161,6 +161,22 @@ SELECT pg_temp.err($$SELECT apicore.soft_delete_disable('sd.users')$$);
 RESET ROLE;
 SELECT pg_temp.err($$SELECT apicore._soft_delete_guard()$$);
 
+-- DELETE ... USING and WHERE CURRENT OF mark rows too
+SET ROLE sd_owner;
+INSERT INTO sd.users (id, email, name) VALUES (30, 'u30@example.com', 'join'), (31, 'u31@example.com', 'cursor');
+CREATE TABLE sd.banned (email text);
+INSERT INTO sd.banned VALUES ('u30@example.com');
+DELETE FROM sd.users u USING sd.banned b WHERE u.email = b.email RETURNING u.id;
+BEGIN;
+DECLARE c CURSOR FOR SELECT id FROM sd.users WHERE id = 31 FOR UPDATE;
+FETCH c;
+DELETE FROM sd.users WHERE CURRENT OF c;
+\echo deleted :ROW_COUNT
+COMMIT;
+SELECT count(*) AS still_visible FROM sd.users WHERE id IN (30, 31);
+RESET ROLE;
+SELECT count(*) AS marked FROM sd.users WHERE id IN (30, 31) AND deleted_at IS NOT NULL;
+
 -- erasure: purge removes a row for real, live or deleted
 SET ROLE sd_owner;
 SELECT apicore.soft_delete_purge('sd.users', '{"id": 3}') AS purged_deleted;
