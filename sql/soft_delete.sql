@@ -200,5 +200,11 @@ SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'sd.users':
 SELECT count(*) AS settings_rows FROM apicore.soft_delete_settings;
 RESET ROLE;
 
+-- maintenance forgets the settings of dropped tables
+CREATE TABLE sd.gone (id int PRIMARY KEY);
+SELECT apicore.soft_delete_enable('sd.gone');
+DROP TABLE sd.gone;
+SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
+SELECT count(*) AS settings_rows FROM apicore.soft_delete_settings;
 DROP SCHEMA sd CASCADE;
 DROP ROLE sd_owner, sd_app, sd_support, sd_bypass;

@@ -1679,6 +1679,9 @@ apicore_soft_delete_maintain(PG_FUNCTION_ARGS)
 
 	initStringInfo(&report);
 	SPI_connect();
+	/* settings of tables dropped since */
+	RunSql("DELETE FROM apicore.soft_delete_settings s "
+		   "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = s.tbl)", 0, NULL, NULL);
 	tables = MaintainedTables();
 	foreach(lc, tables)
 	{
