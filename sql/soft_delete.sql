@@ -200,6 +200,19 @@ SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'sd.users':
 SELECT count(*) AS settings_rows FROM apicore.soft_delete_settings;
 RESET ROLE;
 
+-- a composite primary key: pk names every key column
+SET ROLE sd_owner;
+CREATE TABLE sd.members (org int, uid int, PRIMARY KEY (org, uid));
+INSERT INTO sd.members VALUES (1, 1), (1, 2);
+SELECT apicore.soft_delete_enable('sd.members');
+DELETE FROM sd.members WHERE org = 1;
+\echo deleted :ROW_COUNT
+RESET ROLE;
+SELECT apicore.soft_delete_restore('sd.members', '{"uid": 2, "org": 1}') AS restored;
+SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.members', '{"org": 1}')$$);
+SELECT org, uid FROM sd.members WHERE deleted_at IS NULL;
+SELECT apicore.soft_delete_disable('sd.members');
+
 -- maintenance forgets the settings of dropped tables
 CREATE TABLE sd.gone (id int PRIMARY KEY);
 SELECT apicore.soft_delete_enable('sd.gone');

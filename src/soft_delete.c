@@ -1452,7 +1452,7 @@ apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
 		if (isnull)
 			return PointerGetDatum(NULL);	/* a NULL key references nothing */
 		types[i] = TupleDescAttr(desc, confkey[i] - 1)->atttypid;
-		appendStringInfo(&sql, "%s%s OPERATOR(pg_catalog.=) $%d", i ? " AND " : "",
+		appendStringInfo(&sql, "%s%s = $%d", i ? " AND " : "",
 						 quote_identifier(get_attname(child, conkey[i], false)), i + 1);
 	}
 	BecomeRole(&rs, RelationOwner(child));
