@@ -119,6 +119,20 @@ SET apicore.allow_truncate = on;
 TRUNCATE sdc.tasks;
 RESET apicore.allow_truncate;
 
+-- an ON DELETE CASCADE added after enable, from a table without soft delete:
+-- deleting the parent row is refused rather than orphaning soft-marked rows
+CREATE TABLE sdc.labels (id int PRIMARY KEY);
+INSERT INTO sdc.labels VALUES (1);
+ALTER TABLE sdc.tasks ADD COLUMN label_id int REFERENCES sdc.labels ON DELETE CASCADE;
+INSERT INTO sdc.accounts (id, handle) VALUES (7, 'gus');
+INSERT INTO sdc.projects VALUES (70, 7, 'g1');
+INSERT INTO sdc.tasks (id, project_id, title, label_id) VALUES (700, 70, 'labelled', 1);
+SELECT pg_temp.err($$DELETE FROM sdc.labels WHERE id = 1$$);
+RESET ROLE;
+SELECT count(*) AS labels, (SELECT count(*) FROM sdc.tasks WHERE id = 700 AND deleted_at IS NULL) AS task_live
+  FROM sdc.labels;
+SET ROLE sdc_owner;
+
 -- the windows can change later; the archive is made when first needed
 SELECT apicore.soft_delete_configure('sdc.projects', archive_after => '1 hour');
 SELECT "table", archive_table::text, archive_after, purge_after

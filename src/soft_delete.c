@@ -84,6 +84,15 @@ static planner_hook_type prev_planner_hook = NULL;
  */
 static int	hard_delete_depth = 0;
 
+/*
+ * > 0 while the cascade trigger soft-deletes children.  It runs past RLS as
+ * the child's owner, as foreign keys' own actions do; any other DELETE
+ * planned in such a "no force RLS" context is a foreign key's ON DELETE
+ * CASCADE from a parent without soft delete, which must not soft-mark rows
+ * whose parent is gone: it is left unconverted, for the guard to refuse.
+ */
+static int	cascade_depth = 0;
+
 /* The table a SQL function works on, resolved and checked once. */
 typedef struct SoftDeleteTable
 {
@@ -239,7 +248,7 @@ SoftDeletePlanner(Query *parse, const char *query_string, int cursorOptions,
 	bool		converted = false;
 	PlannedStmt *stmt;
 
-	if (hard_delete_depth == 0)
+	if (hard_delete_depth == 0 && (cascade_depth > 0 || !InNoForceRLSOperation()))
 		converted = ConvertSoftDeletes(parse);
 	if (prev_planner_hook)
 		stmt = prev_planner_hook(parse, query_string, cursorOptions, boundParams);
@@ -1398,6 +1407,13 @@ apicore_soft_delete_guard(PG_FUNCTION_ARGS)
 	}
 	if (hard_delete_depth > 0)
 		return PointerGetDatum(trigdata->tg_trigtuple);
+	if (InNoForceRLSOperation())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: an ON DELETE CASCADE would remove rows of soft-delete table \"%s\" for real",
+						relname),
+				 errdetail("The referenced table does not have soft delete."),
+				 errhint("Enable soft delete on the referenced table, or make the foreign key ON DELETE RESTRICT; apicore.soft_delete_purge() erases rows.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("apicore: DELETE on soft-delete table \"%s\" would remove rows for real", relname),
@@ -1457,7 +1473,16 @@ apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
 	}
 	BecomeRole(&rs, RelationOwner(child));
 	SPI_connect();
-	RunSql(sql.data, nkeys, types, values);
+	cascade_depth++;
+	PG_TRY();
+	{
+		RunSql(sql.data, nkeys, types, values);
+	}
+	PG_FINALLY();
+	{
+		cascade_depth--;
+	}
+	PG_END_TRY();
 	SPI_finish();
 	RestoreRole(&rs);
 	return PointerGetDatum(NULL);
