@@ -272,7 +272,6 @@ SoftDeleteInit(void)
 							"Rows archived or purged per table per maintenance run.",
 							NULL, &soft_delete_batch_size, 1000, 1, 1000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
-	MarkGUCPrefixReserved("apicore");
 
 	prev_planner_hook = planner_hook;
 	planner_hook = SoftDeletePlanner;
