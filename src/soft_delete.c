@@ -735,7 +735,7 @@ CreateCascadeTriggers(SoftDeleteTable *t, List *constraints)
 
 		snprintf(name, sizeof(name), CASCADE_TRIGGER_FMT, conoid);
 		RunSqlf("CREATE TRIGGER %s AFTER UPDATE OF %s ON %s FOR EACH ROW "
-				"WHEN (OLD.%s IS NULL AND NEW.%s IS NOT NULL) "
+				"WHEN ((OLD.%s IS NULL) <> (NEW.%s IS NULL)) "
 				"EXECUTE FUNCTION apicore._soft_delete_cascade('%u')",
 				name, column, QualifiedName(parent), column, column, conoid);
 	}
@@ -1422,18 +1422,17 @@ apicore_soft_delete_guard(PG_FUNCTION_ARGS)
 }
 
 /*
- * AFTER UPDATE on a parent, when a row has just been soft-deleted: DELETE the
- * rows of the child named by the foreign key in tgargs[0], which the planner
- * hook turns into a soft delete (recursively).  Runs as the child's owner
- * past row-level security, as the foreign key's own actions do.
+ * The statement that carries a parent row's soft delete or restore to the
+ * child of foreign key `contup`: $1..$n are the key, and for a restore $n+1
+ * is the deleted-at time the rows share with their parent.  NULL when the
+ * row's key is NULL or the child no longer has soft delete.
  */
-Datum
-apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
+static char *
+CascadeStatement(HeapTuple contup, HeapTuple parent_row, TupleDesc desc, bool restore,
+				 int *nargs, Oid *types, Datum *values)
 {
-	TriggerData *trigdata = RequireTrigger(fcinfo, "_soft_delete_cascade");
-	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
-	HeapTuple	contup;
-	Oid			child;
+	Oid			child = ((Form_pg_constraint) GETSTRUCT(contup))->conrelid;
+	AttrNumber	child_column = SoftDeleteColumnOf(child);
 	int			nkeys;
 	AttrNumber	conkey[INDEX_MAX_KEYS];
 	AttrNumber	confkey[INDEX_MAX_KEYS];
@@ -1442,40 +1441,84 @@ apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
 				ff_eq[INDEX_MAX_KEYS];
 	int			nsetcols;
 	AttrNumber	setcols[INDEX_MAX_KEYS];
-	Oid			types[INDEX_MAX_KEYS];
-	Datum		values[INDEX_MAX_KEYS];
 	StringInfoData sql;
-	RoleSwitch	rs;
+	const char *column;
 
-	if (trigdata->tg_trigger->tgnargs != 1)
-		elog(ERROR, "apicore: _soft_delete_cascade() needs the foreign key's OID");
-	contup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(atooid(trigdata->tg_trigger->tgargs[0])));
-	if (!HeapTupleIsValid(contup))
-		return PointerGetDatum(NULL);	/* the foreign key is gone */
-	child = ((Form_pg_constraint) GETSTRUCT(contup))->conrelid;
+	if (child_column == InvalidAttrNumber)
+		return NULL;
+	column = quote_identifier(get_attname(child, child_column, false));
 	DeconstructFkConstraintRow(contup, &nkeys, conkey, confkey, pf_eq, pp_eq, ff_eq,
 							   &nsetcols, setcols);
-	ReleaseSysCache(contup);
-
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "DELETE FROM ONLY %s WHERE ", QualifiedName(child));
+	if (restore)
+		appendStringInfo(&sql, "UPDATE ONLY %s SET %s = NULL WHERE %s = $%d",
+						 QualifiedName(child), column, column, nkeys + 1);
+	else
+		appendStringInfo(&sql, "DELETE FROM ONLY %s WHERE true", QualifiedName(child));
 	for (int i = 0; i < nkeys; i++)
 	{
 		bool		isnull;
 
-		values[i] = heap_getattr(trigdata->tg_trigtuple, confkey[i], desc, &isnull);
+		values[i] = heap_getattr(parent_row, confkey[i], desc, &isnull);
 		if (isnull)
-			return PointerGetDatum(NULL);	/* a NULL key references nothing */
+			return NULL;		/* a NULL key references nothing */
 		types[i] = TupleDescAttr(desc, confkey[i] - 1)->atttypid;
-		appendStringInfo(&sql, "%s%s = $%d", i ? " AND " : "",
+		appendStringInfo(&sql, " AND %s = $%d",
 						 quote_identifier(get_attname(child, conkey[i], false)), i + 1);
 	}
+	*nargs = nkeys;
+	return sql.data;
+}
+
+/*
+ * AFTER UPDATE OF the deleted-at column on a parent, for the foreign key in
+ * tgargs[0].  A row just soft-deleted: DELETE its children, which the
+ * planner hook turns into soft deletes (recursively).  A row just restored:
+ * restore the children deleted with it (same deleted-at time), not those
+ * deleted on their own before.  Runs as the child's owner past row-level
+ * security, as the foreign key's own actions do.
+ */
+Datum
+apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = RequireTrigger(fcinfo, "_soft_delete_cascade");
+	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
+	AttrNumber	parent_column = SoftDeleteColumnOf(RelationGetRelid(trigdata->tg_relation));
+	HeapTuple	contup;
+	Oid			child;
+	bool		restore;
+	bool		isnull;
+	int			nargs = 0;
+	Oid			types[INDEX_MAX_KEYS + 1];
+	Datum		values[INDEX_MAX_KEYS + 1];
+	char	   *sql;
+	RoleSwitch	rs;
+
+	if (trigdata->tg_trigger->tgnargs != 1 || parent_column == InvalidAttrNumber ||
+		!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		elog(ERROR, "apicore: _soft_delete_cascade() belongs to soft_delete_enable's UPDATE triggers");
+	contup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(atooid(trigdata->tg_trigger->tgargs[0])));
+	if (!HeapTupleIsValid(contup))
+		return PointerGetDatum(NULL);	/* the foreign key is gone */
+	child = ((Form_pg_constraint) GETSTRUCT(contup))->conrelid;
+	restore = heap_attisnull(trigdata->tg_newtuple, parent_column, desc);
+	sql = CascadeStatement(contup, trigdata->tg_trigtuple, desc, restore, &nargs, types, values);
+	ReleaseSysCache(contup);
+	if (sql == NULL)
+		return PointerGetDatum(NULL);
+	if (restore)
+	{
+		types[nargs] = TIMESTAMPTZOID;
+		values[nargs] = heap_getattr(trigdata->tg_trigtuple, parent_column, desc, &isnull);
+		nargs++;
+	}
+
 	BecomeRole(&rs, RelationOwner(child));
 	SPI_connect();
 	cascade_depth++;
 	PG_TRY();
 	{
-		RunSql(sql.data, nkeys, types, values);
+		RunSql(sql, nargs, types, values);
 	}
 	PG_FINALLY();
 	{
