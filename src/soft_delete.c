@@ -118,9 +118,6 @@ typedef struct RoleSwitch
 	int			saved_sec;
 } RoleSwitch;
 
-static Oid RelationOwner(Oid relid);
-static Oid ArchiveOf(Oid relid);
-
 PG_FUNCTION_INFO_V1(apicore_soft_delete_enable);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_configure);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_disable);
@@ -130,6 +127,10 @@ PG_FUNCTION_INFO_V1(apicore_soft_delete_maintain);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_guard);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_cascade);
 PG_FUNCTION_INFO_V1(apicore_tenant_isolation_enable);
+
+/* used before their definitions */
+static Oid RelationOwner(Oid relid);
+static Oid ArchiveOf(Oid relid);
 
 /* ---------- the planner hook ---------- */
 
