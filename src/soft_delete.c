@@ -217,7 +217,9 @@ ConvertDeleteToMark(Query *query)
 	query->targetList = list_make1(makeTargetEntry(marked_at, attnum,
 												   get_attname(rte->relid, attnum, false),
 												   false));
-	query->jointree->quals = make_and_qual(query->jointree->quals, (Node *) still_live);
+	/* the hiding policy already says so, unless RLS does not apply (BYPASSRLS) */
+	if (!list_member(rte->securityQuals, still_live))
+		query->jointree->quals = make_and_qual(query->jointree->quals, (Node *) still_live);
 	rte->updatedCols = bms_make_singleton(attnum - FirstLowInvalidHeapAttributeNumber);
 	return true;
 }
