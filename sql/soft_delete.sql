@@ -99,6 +99,9 @@ RESET ROLE;
 -- the privileged paths: a BYPASSRLS role reads deleted rows ...
 SET ROLE sd_bypass;
 SELECT id, email, deleted_at IS NOT NULL AS deleted FROM sd.users ORDER BY id;
+-- without RLS too, a deleted row is not marked again
+DELETE FROM sd.users WHERE id = 4;
+\echo deleted :ROW_COUNT
 RESET ROLE;
 -- ... and a member of apicore_soft_delete_admin restores them
 SET ROLE sd_support;
