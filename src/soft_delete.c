@@ -8,10 +8,11 @@
  *    DELETE's row-level security policies.  The PlannedStmt keeps commandType
  *    CMD_DELETE (so the command tag says DELETE n, SPI says SPI_OK_DELETE and
  *    the required permission stays DELETE) while its ModifyTable updates;
- *  - the guard trigger (a DELETE that reached the table unconverted, because
- *    this library was not loaded, or a TRUNCATE) and the cascade trigger
- *    (soft delete of ON DELETE CASCADE children that have soft delete on);
- *  - apicore.soft_delete_enable/disable/restore/purge,
+ *  - the guard trigger (refuses a DELETE that reached the table unconverted:
+ *    this library was not loaded, or a foreign key cascades from a table
+ *    without soft delete; and TRUNCATE) and the cascade trigger (soft delete
+ *    and restore of ON DELETE CASCADE children that have soft delete on);
+ *  - apicore.soft_delete_enable/configure/disable/restore/purge,
  *    apicore.tenant_isolation_enable and the archive/purge maintenance task;
  *  - settings apicore.allow_truncate and apicore.soft_delete_batch_size.
  *
@@ -1389,8 +1390,9 @@ RequireTrigger(FunctionCallInfo fcinfo, const char *name)
 /*
  * BEFORE DELETE (row) and BEFORE TRUNCATE on a soft-delete table.  With the
  * planner hook in place a soft delete is an UPDATE, so a DELETE only reaches
- * here when the hook was absent (apicore not preloaded in this backend), or
- * when apicore itself erases rows.  Calling this function loads the library.
+ * here when the hook was absent (apicore not preloaded in this backend), when
+ * a foreign key cascades from a table without soft delete, or when apicore
+ * itself erases rows.  Calling this function loads the library.
  */
 Datum
 apicore_soft_delete_guard(PG_FUNCTION_ARGS)
