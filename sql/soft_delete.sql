@@ -216,6 +216,27 @@ SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.members', '{"org": 1
 SELECT org, uid FROM sd.members WHERE deleted_at IS NULL;
 SELECT apicore.soft_delete_disable('sd.members');
 
+-- names that need quoting, everywhere apicore builds SQL
+SET ROLE sd_owner;
+CREATE TABLE sd."Odd Table" ("Key" int PRIMARY KEY, "E-mail" text UNIQUE);
+INSERT INTO sd."Odd Table" VALUES (1, 'a'), (2, 'b');
+SELECT apicore.soft_delete_enable('sd."Odd Table"', 'Gone At', archive_after => '1 hour', purge_after => '1 day');
+DELETE FROM sd."Odd Table" WHERE "Key" = 1;
+\echo deleted :ROW_COUNT
+INSERT INTO sd."Odd Table" VALUES (3, 'a');
+RESET ROLE;
+UPDATE sd."Odd Table" SET "Gone At" = now() - interval '2 hours' WHERE "Key" = 1;
+SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
+SELECT "Key", "E-mail" FROM sd."Odd Table_archive";
+SET ROLE sd_owner;
+DELETE FROM sd."Odd Table" WHERE "Key" = 3;
+SELECT apicore.soft_delete_restore('sd."Odd Table"', '{"Key": 1}') AS restored;
+SELECT "Key", "E-mail" FROM sd."Odd Table" ORDER BY 1;
+SELECT apicore.soft_delete_purge('sd."Odd Table"', '{"Key": 3}') AS purged;
+SELECT apicore.soft_delete_disable('sd."Odd Table"');
+\d sd."Odd Table"
+RESET ROLE;
+
 -- maintenance forgets the settings of dropped tables
 CREATE TABLE sd.gone (id int PRIMARY KEY);
 SELECT apicore.soft_delete_enable('sd.gone');
