@@ -21,7 +21,9 @@ CREATE INDEX users_name_idx ON sd.users (name);
 GRANT SELECT, INSERT, UPDATE, DELETE ON sd.users TO sd_app, sd_support, sd_bypass;
 INSERT INTO sd.users SELECT g, 'u' || g || '@example.com', 'user ' || g FROM generate_series(1, 10) g;
 INSERT INTO sd.users VALUES (13, 'early@example.com', 'early');
--- a plan cached before enable notices it (the trigger invalidates the relcache)
+-- a plan cached before enable notices it (the trigger invalidates the relcache);
+-- generic plans, so that a cached plan is really reused
+SET plan_cache_mode = force_generic_plan;
 PREPARE early(int) AS DELETE FROM sd.users WHERE id = $1;
 EXECUTE early(404);
 
@@ -244,4 +246,5 @@ DROP TABLE sd.gone;
 SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
 SELECT count(*) AS settings_rows FROM apicore.soft_delete_settings;
 DROP SCHEMA sd CASCADE;
+RESET plan_cache_mode;
 DROP ROLE sd_owner, sd_app, sd_support, sd_bypass;
