@@ -48,6 +48,7 @@ SELECT count(*) AS visible FROM sd.users;
 SELECT id FROM sd.users WHERE id <= 4;
 -- writing a deleted row or inserting one already deleted is refused
 UPDATE sd.users SET name = 'x' WHERE id = 1;
+\echo updated :ROW_COUNT
 INSERT INTO sd.users VALUES (99, 'z@example.com', 'z', now());
 -- nor can the application mark a row by hand: DELETE is the way
 UPDATE sd.users SET deleted_at = now() WHERE id = 5;
@@ -94,6 +95,9 @@ SET ROLE sd_app;
 SELECT id FROM sd.users ORDER BY id;
 DELETE FROM sd.users WHERE id = 11 RETURNING id;
 SELECT count(*) FROM sd.users WHERE id = 11;
+-- asking for deleted rows outright finds none either
+SELECT count(*) AS deleted_seen FROM sd.users WHERE deleted_at IS NOT NULL;
+SELECT count(*) AS deleted_seen FROM sd.users u1 JOIN sd.users u2 USING (email) WHERE u1.id <> u2.id;
 -- restore is not for ordinary roles
 SELECT apicore.soft_delete_restore('sd.users', '{"id": 11}');
 RESET ROLE;
