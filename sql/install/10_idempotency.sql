@@ -171,6 +171,8 @@ DECLARE
     hi       timestamptz;
     horizon  timestamptz;
     edge     timestamptz;
+    lows     timestamptz[];
+    highs    timestamptz[];
     created  int := 0;
     dropped  int := 0;
     skipped  int := 0;
@@ -196,19 +198,20 @@ BEGIN
         skipped := skipped + 1;
     END;
 
+    -- the bounds are read once: the catalog query behind them is the slow part
+    SELECT coalesce(array_agg(lower_bound), '{}'), coalesce(array_agg(upper_bound), '{}')
+      INTO lows, highs FROM apicore._idempotency_partitions();
     lo := to_timestamp(floor(extract(epoch FROM now()) / step) * step);
     horizon := now() + s.max_ttl + s.premake * s.partition_interval;
     WHILE lo < horizon LOOP
         hi := lo + s.partition_interval;
         -- skip past partitions made with another interval; stop short of the next one
-        SELECT max(upper_bound) INTO edge FROM apicore._idempotency_partitions()
-         WHERE lower_bound <= lo AND upper_bound > lo;
+        SELECT max(h) INTO edge FROM unnest(lows, highs) AS b(l, h) WHERE l <= lo AND h > lo;
         IF edge IS NOT NULL THEN
             lo := edge;
             CONTINUE;
         END IF;
-        SELECT min(lower_bound) INTO edge FROM apicore._idempotency_partitions()
-         WHERE lower_bound > lo AND lower_bound < hi;
+        SELECT min(l) INTO edge FROM unnest(lows) AS b(l) WHERE l > lo AND l < hi;
         hi := coalesce(edge, hi);
         BEGIN
             moved := moved + apicore._idempotency_create_partition(lo, hi);
