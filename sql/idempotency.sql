@@ -123,6 +123,20 @@ SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'rel-2');
 SELECT apicore.idempotency_release('acct_1', 'rel-2', 1);
 COMMIT;
 SELECT count(*) AS rows_rel_2 FROM apicore.idempotency_key WHERE key = 'rel-2';
+-- begun again after a release in the same transaction: attempt 2, attempt 1 stays stale
+BEGIN;
+SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'rel-3');
+SELECT apicore.idempotency_release('acct_1', 'rel-3', 1);
+SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'rel-3');
+SELECT apicore.idempotency_complete('acct_1', 'rel-3', 1, 200, 'stale');
+ROLLBACK;
+BEGIN;
+SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'rel-3');
+SELECT apicore.idempotency_release('acct_1', 'rel-3', 1);
+SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'rel-3');
+SELECT apicore.idempotency_complete('acct_1', 'rel-3', 2, 200, 'second');
+COMMIT;
+SELECT outcome, attempt, response_body FROM apicore.idempotency_begin('acct_1', 'rel-3');
 
 -- ---------- ttl: after it the key is absent, whether or not its row exists ----------
 SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'short', ttl => '20 milliseconds', lease => '10 milliseconds');

@@ -594,10 +594,15 @@ EndAsOwner(AsOwner *as)
 	SetUserIdAndSecContext(as->saved_user, as->saved_sec);
 }
 
+/*
+ * Generic plans only: a custom plan would re-plan the Append over every
+ * partition on each call, which costs more than the lookup itself; the
+ * generic plan prunes expired partitions at executor start.
+ */
 static SPIPlanPtr
 PreparePlan(const char *sql, int nargs, Oid *types)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
 		elog(ERROR, "apicore: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -870,6 +875,16 @@ Begin(text *scope, text *key, Jsonb *request, Interval *ttl, Interval *lease,
 		/* begun earlier in this very transaction and still open */
 		result->row = pending->row;
 		result->outcome = OUTCOME_CONFLICT;
+	}
+	else if (pending != NULL && pending->done_as == KEY_RELEASED)
+	{
+		/* released earlier in this transaction: afresh, the old attempt stays stale */
+		NewKeyRow(&result->row, now, ttl, lease, has_fingerprint, fingerprint);
+		result->row.attempt = pending->row.attempt + 1;
+		pending->row = result->row;
+		pending->created_subid = GetCurrentSubTransactionId();
+		pending->done_subid = InvalidSubTransactionId;
+		result->outcome = OUTCOME_PROCEED;
 	}
 	else if (!FindRow(scope, key, now, &result->row))
 	{
