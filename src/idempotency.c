@@ -27,7 +27,11 @@
 
 #include <sodium.h>
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -38,17 +42,20 @@
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "partitioning/partdesc.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -134,7 +141,6 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* SPI plans, prepared once per backend. */
-static SPIPlanPtr lookup_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr update_plan = NULL;
 
@@ -564,11 +570,19 @@ typedef struct AsOwner
 } AsOwner;
 
 static Oid
+KeyTableOid(void)
+{
+	Oid			rel = get_relname_relid("idempotency_key", get_namespace_oid("apicore", false));
+
+	if (!OidIsValid(rel))
+		elog(ERROR, "apicore: table apicore.idempotency_key is missing");
+	return rel;
+}
+
+static Oid
 KeyTableOwner(void)
 {
-	Oid			nsp = get_namespace_oid("apicore", false);
-	Oid			rel = get_relname_relid("idempotency_key", nsp);
-	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(rel));
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(KeyTableOid()));
 	Oid			owner;
 
 	if (!HeapTupleIsValid(tuple))
@@ -617,23 +631,6 @@ static Oid	row_types[ROW_PARAMS] = {
 };
 
 static SPIPlanPtr
-LookupPlan(void)
-{
-	if (lookup_plan == NULL)
-	{
-		Oid			types[3] = {TEXTOID, TEXTOID, TIMESTAMPTZOID};
-
-		lookup_plan = PreparePlan(
-								  "SELECT state, attempt, fingerprint, recovery_point, lease, lease_expires_at,"
-								  " response_code, response_body, response_headers, created_at, updated_at,"
-								  " expires_at FROM apicore.idempotency_key"
-								  " WHERE scope = $1 AND key = $2 AND expires_at > $3 LIMIT 1",
-								  3, types);
-	}
-	return lookup_plan;
-}
-
-static SPIPlanPtr
 InsertPlan(void)
 {
 	if (insert_plan == NULL)
@@ -670,63 +667,130 @@ KeyStateFromText(const char *s)
 	return KEY_RUNNING;
 }
 
-/* Copy a nullable varlena column out of the SPI result into the caller's context. */
-static void *
-NullableVarlena(HeapTuple tuple, TupleDesc desc, int col)
+/* Column numbers of apicore.idempotency_key, as created by the install script. */
+enum KeyColumn
 {
-	bool		isnull;
-	Datum		d = SPI_getbinval(tuple, desc, col, &isnull);
+	COL_SCOPE = 1,
+	COL_KEY,
+	COL_STATE,
+	COL_ATTEMPT,
+	COL_FINGERPRINT,
+	COL_RECOVERY_POINT,
+	COL_LEASE,
+	COL_LEASE_EXPIRES_AT,
+	COL_RESPONSE_CODE,
+	COL_RESPONSE_BODY,
+	COL_RESPONSE_HEADERS,
+	COL_CREATED_AT,
+	COL_UPDATED_AT,
+	COL_EXPIRES_AT,
+	NUM_KEY_COLUMNS = COL_EXPIRES_AT
+};
 
-	return isnull ? NULL : PG_DETOAST_DATUM_COPY(d);
+#define COLUMN(values, col) ((values)[(col) - 1])
+
+/* a private copy: the row outlives the scan that found it */
+static void *
+NullableVarlena(Datum *values, bool *nulls, int col)
+{
+	return COLUMN(nulls, col) ? NULL : PG_DETOAST_DATUM_COPY(COLUMN(values, col));
 }
 
 static void
-RowFromTuple(HeapTuple tuple, TupleDesc desc, KeyRow *row)
+RowFromValues(Datum *values, bool *nulls, KeyRow *row)
 {
-	bool		isnull;
-	bytea	   *fp;
-	char	   *state = SPI_getvalue(tuple, desc, 1);
+	bytea	   *fp = NullableVarlena(values, nulls, COL_FINGERPRINT);
+	char	   *state = TextDatumGetCString(COLUMN(values, COL_STATE));
 
 	row->state = KeyStateFromText(state);
-	row->attempt = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
-	fp = NullableVarlena(tuple, desc, 3);
+	row->attempt = DatumGetInt32(COLUMN(values, COL_ATTEMPT));
 	row->has_fingerprint = fp != NULL && VARSIZE_ANY_EXHDR(fp) == FINGERPRINT_LEN;
 	if (row->has_fingerprint)
 		memcpy(row->fingerprint, VARDATA_ANY(fp), FINGERPRINT_LEN);
-	row->recovery_point = NullableVarlena(tuple, desc, 4);
-	row->lease = *DatumGetIntervalP(SPI_getbinval(tuple, desc, 5, &isnull));
-	row->lease_expires_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 6, &isnull));
-	row->response_code = DatumGetInt32(SPI_getbinval(tuple, desc, 7, &isnull));
-	row->has_response = !isnull;
-	row->response_body = NullableVarlena(tuple, desc, 8);
-	row->response_headers = NullableVarlena(tuple, desc, 9);
-	row->created_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 10, &isnull));
-	row->updated_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 11, &isnull));
-	row->expires_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 12, &isnull));
+	row->recovery_point = NullableVarlena(values, nulls, COL_RECOVERY_POINT);
+	row->lease = *DatumGetIntervalP(COLUMN(values, COL_LEASE));
+	row->lease_expires_at = DatumGetTimestampTz(COLUMN(values, COL_LEASE_EXPIRES_AT));
+	row->has_response = !COLUMN(nulls, COL_RESPONSE_CODE);
+	row->response_code = row->has_response ? DatumGetInt32(COLUMN(values, COL_RESPONSE_CODE)) : 0;
+	row->response_body = NullableVarlena(values, nulls, COL_RESPONSE_BODY);
+	row->response_headers = NullableVarlena(values, nulls, COL_RESPONSE_HEADERS);
+	row->created_at = DatumGetTimestampTz(COLUMN(values, COL_CREATED_AT));
+	row->updated_at = DatumGetTimestampTz(COLUMN(values, COL_UPDATED_AT));
+	row->expires_at = DatumGetTimestampTz(COLUMN(values, COL_EXPIRES_AT));
+}
+
+/* The partition's (scope, key) index: the only index maintenance gives it. */
+static Oid
+ScopeKeyIndex(Relation heap)
+{
+	List	   *indexes = RelationGetIndexList(heap);
+	Oid			index;
+
+	if (indexes == NIL)
+		elog(ERROR, "apicore: partition \"%s\" has no (scope, key) index",
+			 RelationGetRelationName(heap));
+	index = linitial_oid(indexes);
+	list_free(indexes);
+	return index;
+}
+
+/* Look for the key's unexpired row in one partition. */
+static bool
+ScanPartition(Oid partition, text *scope, text *key, TimestampTz now,
+			  Snapshot snapshot, KeyRow *row)
+{
+	Relation	heap = table_open(partition, AccessShareLock);
+	Relation	index = index_open(ScopeKeyIndex(heap), AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(heap, NULL);
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	bool		found = false;
+
+	if (RelationGetDescr(heap)->natts != NUM_KEY_COLUMNS)
+		elog(ERROR, "apicore: partition \"%s\" does not have the columns of apicore.idempotency_key",
+			 RelationGetRelationName(heap));
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(scope));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(key));
+	keys[0].sk_collation = index->rd_indcollation[0];
+	keys[1].sk_collation = index->rd_indcollation[1];
+
+	scan = index_beginscan(heap, index, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (!found && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		slot_getallattrs(slot);
+		if (DatumGetTimestampTz(COLUMN(slot->tts_values, COL_EXPIRES_AT)) > now)
+		{
+			RowFromValues(slot->tts_values, slot->tts_isnull, row);
+			found = true;
+		}
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, NoLock);
+	table_close(heap, NoLock);
+	return found;
 }
 
 /*
- * Find the key's unexpired row.  Runs with the latest snapshot: the caller
- * holds the key's lock, and a row committed by the previous holder must be
- * seen whatever the isolation level.  Must run between BeginAsOwner/EndAsOwner;
- * the row's varlenas are allocated in `cxt`.
+ * Find the key's unexpired row in any partition, by direct index probes: the
+ * executor's Append over every partition costs several times the probes.
+ * Runs with the latest snapshot: the caller holds the key's lock, and a row
+ * committed by the previous holder must be seen whatever the isolation level.
  */
 static bool
-LookupRow(text *scope, text *key, TimestampTz now, KeyRow *row, MemoryContext cxt)
+FindRow(text *scope, text *key, TimestampTz now, KeyRow *row)
 {
-	Datum		values[3] = {PointerGetDatum(scope), PointerGetDatum(key),
-	TimestampTzGetDatum(now)};
-	MemoryContext old;
+	Relation	parent = table_open(KeyTableOid(), AccessShareLock);
+	PartitionDesc partitions = RelationGetPartitionDesc(parent, true);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	bool		found = false;
 
-	if (SPI_execute_snapshot(LookupPlan(), values, NULL, GetLatestSnapshot(),
-							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "apicore: idempotency key lookup failed");
-	if (SPI_processed == 0)
-		return false;
-	old = MemoryContextSwitchTo(cxt);
-	RowFromTuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, row);
-	MemoryContextSwitchTo(old);
-	return true;
+	for (int i = 0; i < partitions->nparts && !found; i++)
+		found = ScanPartition(partitions->oids[i], scope, key, now, snapshot, row);
+	UnregisterSnapshot(snapshot);
+	table_close(parent, NoLock);
+	return found;
 }
 
 /* `plan` is fetched after SPI_connect: preparing needs a connection */
@@ -773,19 +837,6 @@ WriteRow(PlanGetter plan, text *scope, text *key, KeyRow *row)
 		elog(ERROR, "apicore: idempotency key write failed (%s, %lu rows)",
 			 SPI_result_code_string(rc), (unsigned long) SPI_processed);
 	EndAsOwner(&as);
-}
-
-static bool
-FindRow(text *scope, text *key, TimestampTz now, KeyRow *row)
-{
-	MemoryContext caller = CurrentMemoryContext;
-	AsOwner		as;
-	bool		found;
-
-	BeginAsOwner(&as);
-	found = LookupRow(scope, key, now, row, caller);
-	EndAsOwner(&as);
-	return found;
 }
 
 /* ---------- idempotency_begin ---------- */
