@@ -28,12 +28,14 @@
 #include <sodium.h>
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/index.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -42,6 +44,7 @@
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
@@ -55,6 +58,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/partcache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -141,10 +145,7 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* SPI plans, prepared once per backend. */
-static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr update_plan = NULL;
-
-#define ROW_PARAMS 14
 
 PG_FUNCTION_INFO_V1(apicore_idempotency_begin);
 PG_FUNCTION_INFO_V1(apicore_idempotency_checkpoint);
@@ -468,10 +469,7 @@ CopyText(text *t)
 	return t ? (text *) PG_DETOAST_DATUM_COPY(PointerGetDatum(t)) : NULL;
 }
 
-typedef SPIPlanPtr (*PlanGetter) (void);
-
-static void WriteRow(PlanGetter plan, text *scope, text *key, KeyRow *row);
-static SPIPlanPtr InsertPlan(void);
+static void InsertRow(text *scope, text *key, KeyRow *row);
 
 static void
 FlushPendingKeys(void)
@@ -483,7 +481,7 @@ FlushPendingKeys(void)
 		PendingKey *p = lfirst(lc);
 
 		if (p->done_subid == InvalidSubTransactionId)
-			WriteRow(InsertPlan, p->scope, p->key, &p->row);
+			InsertRow(p->scope, p->key, &p->row);
 	}
 	pending_keys = NIL;
 }
@@ -624,24 +622,11 @@ PreparePlan(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
-static Oid	row_types[ROW_PARAMS] = {
+static Oid	row_types[] = {
 	TEXTOID, TEXTOID, TEXTOID, INT4OID, BYTEAOID, TEXTOID, INTERVALOID,
 	TIMESTAMPTZOID, INT4OID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 	TIMESTAMPTZOID
 };
-
-static SPIPlanPtr
-InsertPlan(void)
-{
-	if (insert_plan == NULL)
-		insert_plan = PreparePlan(
-								  "INSERT INTO apicore.idempotency_key (scope, key, state, attempt, fingerprint,"
-								  " recovery_point, lease, lease_expires_at, response_code, response_body,"
-								  " response_headers, created_at, updated_at, expires_at)"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-								  ROW_PARAMS, row_types);
-	return insert_plan;
-}
 
 /* A row never moves: expires_at is fixed, so it names the partition. */
 static SPIPlanPtr
@@ -653,7 +638,7 @@ UpdatePlan(void)
 								  " recovery_point = $6, lease = $7, lease_expires_at = $8, response_code = $9,"
 								  " response_body = $10, response_headers = $11, updated_at = $13"
 								  " WHERE scope = $1 AND key = $2 AND expires_at = $14 AND created_at = $12",
-								  ROW_PARAMS, row_types);
+								  lengthof(row_types), row_types);
 	return update_plan;
 }
 
@@ -793,48 +778,120 @@ FindRow(text *scope, text *key, TimestampTz now, KeyRow *row)
 	return found;
 }
 
-/* `plan` is fetched after SPI_connect: preparing needs a connection */
+/* The row as column values, in table order (also the plans' parameter order). */
 static void
-WriteRow(PlanGetter plan, text *scope, text *key, KeyRow *row)
+RowToValues(text *scope, text *key, KeyRow *row, Datum *values, bool *nulls)
 {
-	Datum		values[ROW_PARAMS];
-	char		nulls[ROW_PARAMS];
-	bytea	   *fp = NULL;
+	memset(nulls, 0, sizeof(bool) * NUM_KEY_COLUMNS);
+	COLUMN(values, COL_SCOPE) = PointerGetDatum(scope);
+	COLUMN(values, COL_KEY) = PointerGetDatum(key);
+	COLUMN(values, COL_STATE) = CStringGetTextDatum(key_state_names[row->state]);
+	COLUMN(values, COL_ATTEMPT) = Int32GetDatum(row->attempt);
+	COLUMN(nulls, COL_FINGERPRINT) = !row->has_fingerprint;
+	if (row->has_fingerprint)
+	{
+		bytea	   *fp = palloc(VARHDRSZ + FINGERPRINT_LEN);
+
+		SET_VARSIZE(fp, VARHDRSZ + FINGERPRINT_LEN);
+		memcpy(VARDATA(fp), row->fingerprint, FINGERPRINT_LEN);
+		COLUMN(values, COL_FINGERPRINT) = PointerGetDatum(fp);
+	}
+	COLUMN(values, COL_RECOVERY_POINT) = PointerGetDatum(row->recovery_point);
+	COLUMN(nulls, COL_RECOVERY_POINT) = row->recovery_point == NULL;
+	COLUMN(values, COL_LEASE) = IntervalPGetDatum(&row->lease);
+	COLUMN(values, COL_LEASE_EXPIRES_AT) = TimestampTzGetDatum(row->lease_expires_at);
+	COLUMN(values, COL_RESPONSE_CODE) = Int32GetDatum(row->response_code);
+	COLUMN(nulls, COL_RESPONSE_CODE) = !row->has_response;
+	COLUMN(values, COL_RESPONSE_BODY) = PointerGetDatum(row->response_body);
+	COLUMN(nulls, COL_RESPONSE_BODY) = row->response_body == NULL;
+	COLUMN(values, COL_RESPONSE_HEADERS) = PointerGetDatum(row->response_headers);
+	COLUMN(nulls, COL_RESPONSE_HEADERS) = row->response_headers == NULL;
+	COLUMN(values, COL_CREATED_AT) = TimestampTzGetDatum(row->created_at);
+	COLUMN(values, COL_UPDATED_AT) = TimestampTzGetDatum(row->updated_at);
+	COLUMN(values, COL_EXPIRES_AT) = TimestampTzGetDatum(row->expires_at);
+}
+
+/*
+ * The leaf partition for expires_at `at`, found the way the executor's tuple
+ * routing finds it for one range column.
+ */
+static Oid
+PartitionFor(Relation parent, TimestampTz at)
+{
+	PartitionDesc partitions = RelationGetPartitionDesc(parent, true);
+	PartitionKey partkey = RelationGetPartitionKey(parent);
+	PartitionBoundInfo bounds = partitions->boundinfo;
+	Datum		value = TimestampTzGetDatum(at);
+	bool		equal;
+	int			index = -1;
+
+	if (bounds != NULL)
+	{
+		int			offset = partition_range_datum_bsearch(partkey->partsupfunc,
+														   partkey->partcollation,
+														   bounds, 1, &value, &equal);
+
+		index = bounds->indexes[offset + 1];
+		if (index < 0)
+			index = bounds->default_index;
+	}
+	if (index < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no partition of apicore.idempotency_key holds expires_at %s",
+						timestamptz_to_str(at)),
+				 errhint("Run SELECT * FROM apicore.run_maintenance(); the default partition may have been dropped.")));
+	return partitions->oids[index];
+}
+
+/*
+ * Insert a row straight into its partition and the partition's (scope, key)
+ * index: this is the one write of a key in the one-transaction mode, and the
+ * executor's per-statement tuple-routing set-up would cost more than the
+ * write.  The table has no triggers, and the values are valid by
+ * construction (state, partition bounds).
+ */
+static void
+InsertRow(text *scope, text *key, KeyRow *row)
+{
+	Relation	parent = table_open(KeyTableOid(), RowExclusiveLock);
+	Relation	heap = table_open(PartitionFor(parent, row->expires_at), RowExclusiveLock);
+	Relation	index = index_open(ScopeKeyIndex(heap), RowExclusiveLock);
+	Datum		values[NUM_KEY_COLUMNS];
+	bool		nulls[NUM_KEY_COLUMNS];
+	HeapTuple	tuple;
+
+	RowToValues(scope, key, row, values, nulls);
+	tuple = heap_form_tuple(RelationGetDescr(heap), values, nulls);
+	simple_heap_insert(heap, tuple);
+	index_insert(index, values, nulls, &tuple->t_self, heap, UNIQUE_CHECK_NO,
+				 false, BuildIndexInfo(index));
+	heap_freetuple(tuple);
+	index_close(index, NoLock);
+	table_close(heap, NoLock);
+	table_close(parent, NoLock);
+	/* later lookups in this transaction must see the row */
+	CommandCounterIncrement();
+}
+
+/* Rewrite an existing row (cross-transaction mode: takeover, checkpoint, complete, release). */
+static void
+UpdateRow(text *scope, text *key, KeyRow *row)
+{
+	Datum		values[NUM_KEY_COLUMNS];
+	bool		nulls[NUM_KEY_COLUMNS];
+	char		spi_nulls[NUM_KEY_COLUMNS];
 	AsOwner		as;
 	int			rc;
 
-	memset(nulls, ' ', sizeof(nulls));
-	if (row->has_fingerprint)
-	{
-		fp = palloc(VARHDRSZ + FINGERPRINT_LEN);
-		SET_VARSIZE(fp, VARHDRSZ + FINGERPRINT_LEN);
-		memcpy(VARDATA(fp), row->fingerprint, FINGERPRINT_LEN);
-	}
-	values[0] = PointerGetDatum(scope);
-	values[1] = PointerGetDatum(key);
-	values[2] = CStringGetTextDatum(key_state_names[row->state]);
-	values[3] = Int32GetDatum(row->attempt);
-	values[4] = PointerGetDatum(fp);
-	nulls[4] = fp ? ' ' : 'n';
-	values[5] = PointerGetDatum(row->recovery_point);
-	nulls[5] = row->recovery_point ? ' ' : 'n';
-	values[6] = IntervalPGetDatum(&row->lease);
-	values[7] = TimestampTzGetDatum(row->lease_expires_at);
-	values[8] = Int32GetDatum(row->response_code);
-	nulls[8] = row->has_response ? ' ' : 'n';
-	values[9] = PointerGetDatum(row->response_body);
-	nulls[9] = row->response_body ? ' ' : 'n';
-	values[10] = PointerGetDatum(row->response_headers);
-	nulls[10] = row->response_headers ? ' ' : 'n';
-	values[11] = TimestampTzGetDatum(row->created_at);
-	values[12] = TimestampTzGetDatum(row->updated_at);
-	values[13] = TimestampTzGetDatum(row->expires_at);
-
+	RowToValues(scope, key, row, values, nulls);
+	for (int i = 0; i < NUM_KEY_COLUMNS; i++)
+		spi_nulls[i] = nulls[i] ? 'n' : ' ';
 	BeginAsOwner(&as);
-	rc = SPI_execute_snapshot(plan(), values, nulls, GetLatestSnapshot(),
+	rc = SPI_execute_snapshot(UpdatePlan(), values, spi_nulls, GetLatestSnapshot(),
 							  InvalidSnapshot, false, true, 0);
-	if ((rc != SPI_OK_INSERT && rc != SPI_OK_UPDATE) || SPI_processed != 1)
-		elog(ERROR, "apicore: idempotency key write failed (%s, %lu rows)",
+	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
+		elog(ERROR, "apicore: idempotency key update failed (%s, %lu rows)",
 			 SPI_result_code_string(rc), (unsigned long) SPI_processed);
 	EndAsOwner(&as);
 }
@@ -949,7 +1006,7 @@ Begin(text *scope, text *key, Jsonb *request, Interval *ttl, Interval *lease,
 		if (result->outcome == OUTCOME_TAKEOVER || result->outcome == OUTCOME_PROCEED)
 		{
 			RestartRow(&result->row, now, lease, has_fingerprint, fingerprint);
-			WriteRow(UpdatePlan, scope, key, &result->row);
+			UpdateRow(scope, key, &result->row);
 		}
 	}
 
@@ -1135,7 +1192,7 @@ apicore_idempotency_checkpoint(PG_FUNCTION_ARGS)
 	row.recovery_point = point;
 	/* a checkpoint is progress: the lease starts again */
 	row.lease_expires_at = AddInterval(row.updated_at, &row.lease);
-	WriteRow(UpdatePlan, scope, key, &row);
+	UpdateRow(scope, key, &row);
 	PG_RETURN_VOID();
 }
 
@@ -1185,12 +1242,12 @@ apicore_idempotency_complete(PG_FUNCTION_ARGS)
 		row = pending->row;
 		row.updated_at = GetCurrentTimestamp();
 		SetResponse(&row, fcinfo);
-		WriteRow(InsertPlan, scope, key, &row);
+		InsertRow(scope, key, &row);
 		FinishPending(pending, KEY_COMPLETED);
 		PG_RETURN_VOID();
 	}
 	SetResponse(&row, fcinfo);
-	WriteRow(UpdatePlan, scope, key, &row);
+	UpdateRow(scope, key, &row);
 	PG_RETURN_VOID();
 }
 
@@ -1210,7 +1267,7 @@ apicore_idempotency_release(PG_FUNCTION_ARGS)
 	}
 	/* keep the row so that attempt numbers go on rising: a stale owner stays stale */
 	row.state = KEY_RELEASED;
-	WriteRow(UpdatePlan, scope, key, &row);
+	UpdateRow(scope, key, &row);
 	PG_RETURN_VOID();
 }
 
