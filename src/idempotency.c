@@ -1064,6 +1064,26 @@ DurationArg(FunctionCallInfo fcinfo, int argno, const char *name, const char *hi
 	return PG_GETARG_INTERVAL_P(argno);
 }
 
+/* Built once per backend: the result type is fixed by the install script. */
+static TupleDesc
+BeginResultDesc(FunctionCallInfo fcinfo)
+{
+	static TupleDesc desc = NULL;
+
+	if (desc == NULL)
+	{
+		TupleDesc	built;
+		MemoryContext old;
+
+		if (get_call_result_type(fcinfo, NULL, &built) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "apicore: idempotency_begin must return a row type");
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		desc = BlessTupleDesc(CreateTupleDescCopy(built));
+		MemoryContextSwitchTo(old);
+	}
+	return desc;
+}
+
 Datum
 apicore_idempotency_begin(PG_FUNCTION_ARGS)
 {
@@ -1088,10 +1108,9 @@ apicore_idempotency_begin(PG_FUNCTION_ARGS)
 		Begin(scope, key, request, ttl, lease, &result);
 		CountBegin(result.outcome);
 
+		desc = BeginResultDesc(fcinfo);
 		old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "apicore: idempotency_begin must return a row type");
-		funcctx->user_fctx = BeginResultTuple(&result, BlessTupleDesc(desc));
+		funcctx->user_fctx = BeginResultTuple(&result, desc);
 		MemoryContextSwitchTo(old);
 	}
 	funcctx = SRF_PERCALL_SETUP();
