@@ -1186,20 +1186,36 @@ OwnedKey(text *scope, text *key, int32 attempt, KeyRow *row)
 	return NULL;
 }
 
+/* The arguments every owner call starts with. */
+typedef struct OwnerCall
+{
+	text	   *scope;
+	text	   *key;
+	int32		attempt;
+	KeyRow		row;			/* the key's row, when it is in the table */
+} OwnerCall;
+
+/* Check the arguments, then take the key as its owner (see OwnedKey). */
+static PendingKey *
+OwnerCallStart(FunctionCallInfo fcinfo, OwnerCall *call)
+{
+	call->scope = ScopeArg(fcinfo);
+	call->key = KeyArg(fcinfo);
+	call->attempt = AttemptArg(fcinfo);
+	return OwnedKey(call->scope, call->key, call->attempt, &call->row);
+}
+
 Datum
 apicore_idempotency_checkpoint(PG_FUNCTION_ARGS)
 {
-	text	   *scope = ScopeArg(fcinfo);
-	text	   *key = KeyArg(fcinfo);
-	int32		attempt = AttemptArg(fcinfo);
+	OwnerCall	call;
 	text	   *point;
-	KeyRow		row;
 	PendingKey *pending;
 
 	RequireArg(fcinfo, 3, "recovery_point",
 			   "Name the phase that just finished, e.g. 'charge_created'.");
 	point = PG_GETARG_TEXT_PP(3);
-	pending = OwnedKey(scope, key, attempt, &row);
+	pending = OwnerCallStart(fcinfo, &call);
 	if (pending != NULL)
 	{
 		pending->row.recovery_point = (text *) MemoryContextAlloc(TopTransactionContext,
@@ -1208,10 +1224,10 @@ apicore_idempotency_checkpoint(PG_FUNCTION_ARGS)
 		pending->row.lease_expires_at = AddInterval(GetCurrentTimestamp(), &pending->row.lease);
 		PG_RETURN_VOID();
 	}
-	row.recovery_point = point;
+	call.row.recovery_point = point;
 	/* a checkpoint is progress: the lease starts again */
-	row.lease_expires_at = AddInterval(row.updated_at, &row.lease);
-	UpdateRow(scope, key, &row);
+	call.row.lease_expires_at = AddInterval(call.row.updated_at, &call.row.lease);
+	UpdateRow(call.scope, call.key, &call.row);
 	PG_RETURN_VOID();
 }
 
@@ -1249,35 +1265,29 @@ FinishPending(PendingKey *pending, KeyState as)
 Datum
 apicore_idempotency_complete(PG_FUNCTION_ARGS)
 {
-	text	   *scope = ScopeArg(fcinfo);
-	text	   *key = KeyArg(fcinfo);
-	int32		attempt = AttemptArg(fcinfo);
-	KeyRow		row;
-	PendingKey *pending = OwnedKey(scope, key, attempt, &row);
+	OwnerCall	call;
+	PendingKey *pending = OwnerCallStart(fcinfo, &call);
 
 	if (pending != NULL)
 	{
 		/* the key's only write in the one-transaction mode */
-		row = pending->row;
-		row.updated_at = GetCurrentTimestamp();
-		SetResponse(&row, fcinfo);
-		InsertRow(scope, key, &row);
+		call.row = pending->row;
+		call.row.updated_at = GetCurrentTimestamp();
+		SetResponse(&call.row, fcinfo);
+		InsertRow(call.scope, call.key, &call.row);
 		FinishPending(pending, KEY_COMPLETED);
 		PG_RETURN_VOID();
 	}
-	SetResponse(&row, fcinfo);
-	UpdateRow(scope, key, &row);
+	SetResponse(&call.row, fcinfo);
+	UpdateRow(call.scope, call.key, &call.row);
 	PG_RETURN_VOID();
 }
 
 Datum
 apicore_idempotency_release(PG_FUNCTION_ARGS)
 {
-	text	   *scope = ScopeArg(fcinfo);
-	text	   *key = KeyArg(fcinfo);
-	int32		attempt = AttemptArg(fcinfo);
-	KeyRow		row;
-	PendingKey *pending = OwnedKey(scope, key, attempt, &row);
+	OwnerCall	call;
+	PendingKey *pending = OwnerCallStart(fcinfo, &call);
 
 	if (pending != NULL)
 	{
@@ -1285,8 +1295,8 @@ apicore_idempotency_release(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	}
 	/* keep the row so that attempt numbers go on rising: a stale owner stays stale */
-	row.state = KEY_RELEASED;
-	UpdateRow(scope, key, &row);
+	call.row.state = KEY_RELEASED;
+	UpdateRow(call.scope, call.key, &call.row);
 	PG_RETURN_VOID();
 }
 
