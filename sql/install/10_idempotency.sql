@@ -27,13 +27,18 @@ CREATE TABLE apicore.idempotency_key (
 ) PARTITION BY RANGE (expires_at);
 COMMENT ON TABLE apicore.idempotency_key IS
     'idempotency keys; read them with apicore.idempotency_get(), never write them directly';
-CREATE INDEX idempotency_key_scope_key ON apicore.idempotency_key (scope, key);
 
 -- Safety net: rows whose expires_at lies beyond the premade partitions (the
 -- worker did not run for a while) land here; maintenance moves them into the
 -- dated partition when it creates it.
 CREATE TABLE apicore.idempotency_key_default
     PARTITION OF apicore.idempotency_key DEFAULT;
+
+-- Each partition has its own (scope, key) index, made with the partition, and
+-- the parent has none: a partitioned index would make ATTACH create the
+-- child's index itself, and pg_restore, which creates the child's index from
+-- the dump, would then fail on the name.
+CREATE INDEX ON apicore.idempotency_key_default (scope, key);
 
 -- pg_dump: the default partition is an extension member, so its rows are
 -- dumped only through config_dump.  Dated partitions are created later by
@@ -144,6 +149,7 @@ BEGIN
                                     WHERE expires_at >= %L AND expires_at < %L RETURNING *)
                     INSERT INTO %s SELECT * FROM moved', lower_bound, upper_bound, name);
     GET DIAGNOSTICS moved = ROW_COUNT;
+    EXECUTE format('CREATE INDEX ON %s (scope, key)', name);
     EXECUTE format('ALTER TABLE apicore.idempotency_key ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)',
                    name, lower_bound, upper_bound);
     RETURN moved;
