@@ -47,6 +47,7 @@
 #include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
 #include "port/atomics.h"
+#include "storage/bufmgr.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
@@ -725,12 +726,25 @@ ScanPartition(Oid partition, text *scope, text *key, TimestampTz now,
 			  Snapshot snapshot, KeyRow *row)
 {
 	Relation	heap = table_open(partition, AccessShareLock);
-	Relation	index = index_open(ScopeKeyIndex(heap), AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(heap, NULL);
+	Relation	index;
+	TupleTableSlot *slot;
 	IndexScanDesc scan;
 	ScanKeyData keys[2];
 	bool		found = false;
 
+	/*
+	 * Most partitions are empty (the premade ones ahead of every key).  An
+	 * empty file proves absence: a row for this key could only have been
+	 * written under the key's lock, which the caller holds, so one committed
+	 * earlier is already in the file.
+	 */
+	if (RelationGetNumberOfBlocks(heap) == 0)
+	{
+		table_close(heap, NoLock);
+		return false;
+	}
+	index = index_open(ScopeKeyIndex(heap), AccessShareLock);
+	slot = table_slot_create(heap, NULL);
 	if (RelationGetDescr(heap)->natts != NUM_KEY_COLUMNS)
 		elog(ERROR, "apicore: partition \"%s\" does not have the columns of apicore.idempotency_key",
 			 RelationGetRelationName(heap));
