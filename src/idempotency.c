@@ -555,7 +555,7 @@ AddPending(text *scope, text *key, KeyRow *row)
 	return p;
 }
 
-/* ---------- the table, through SPI ---------- */
+/* ---------- the key table: direct reads and inserts, SPI updates ---------- */
 
 /*
  * Run the SPI work as the owner of the key table, so that applications need
@@ -608,9 +608,9 @@ EndAsOwner(AsOwner *as)
 }
 
 /*
- * Generic plans only: a custom plan would re-plan the Append over every
- * partition on each call, which costs more than the lookup itself; the
- * generic plan prunes expired partitions at executor start.
+ * Generic plans only: a custom plan would be planned again over every
+ * partition on each call; the generic plan prunes to the row's partition
+ * (expires_at = $14) at executor start.
  */
 static SPIPlanPtr
 PreparePlan(const char *sql, int nargs, Oid *types)
@@ -623,6 +623,7 @@ PreparePlan(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
+/* the parameters are the table's columns, in order (see RowToValues) */
 static Oid	row_types[] = {
 	TEXTOID, TEXTOID, TEXTOID, INT4OID, BYTEAOID, TEXTOID, INTERVALOID,
 	TIMESTAMPTZOID, INT4OID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
