@@ -773,6 +773,25 @@ ScanPartition(Oid partition, text *scope, text *key, TimestampTz now,
 }
 
 /*
+ * Which partitions end at or before `now`: every key in them has expired, so
+ * lookups skip them, and hold no lock that would delay maintenance dropping
+ * them.  In range bounds, partition indexes[i] ends at datums[i].
+ */
+static bool *
+ExpiredPartitions(PartitionDesc partitions, TimestampTz now)
+{
+	bool	   *expired = palloc0(sizeof(bool) * Max(partitions->nparts, 1));
+	PartitionBoundInfo bounds = partitions->boundinfo;
+
+	for (int i = 0; bounds != NULL && i < bounds->ndatums; i++)
+		if (bounds->indexes[i] >= 0 &&
+			bounds->kind[i][0] == PARTITION_RANGE_DATUM_VALUE &&
+			DatumGetTimestampTz(bounds->datums[i][0]) <= now)
+			expired[bounds->indexes[i]] = true;
+	return expired;
+}
+
+/*
  * Find the key's unexpired row in any partition, by direct index probes: the
  * executor's Append over every partition costs several times the probes.
  * Runs with the latest snapshot: the caller holds the key's lock, and a row
@@ -783,11 +802,13 @@ FindRow(text *scope, text *key, TimestampTz now, KeyRow *row)
 {
 	Relation	parent = table_open(KeyTableOid(), AccessShareLock);
 	PartitionDesc partitions = RelationGetPartitionDesc(parent, true);
+	bool	   *expired = ExpiredPartitions(partitions, now);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	bool		found = false;
 
 	for (int i = 0; i < partitions->nparts && !found; i++)
-		found = ScanPartition(partitions->oids[i], scope, key, now, snapshot, row);
+		if (!expired[i])
+			found = ScanPartition(partitions->oids[i], scope, key, now, snapshot, row);
 	UnregisterSnapshot(snapshot);
 	table_close(parent, NoLock);
 	return found;

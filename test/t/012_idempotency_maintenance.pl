@@ -29,19 +29,41 @@ sub maintain
 		"SELECT detail FROM apicore.run_maintenance() WHERE task = 'idempotency_partitions'");
 }
 
-# An application transaction that looked a key up holds a lock on every partition.
+$node->safe_psql('postgres', q{
+	INSERT INTO apicore.idempotency_key
+	SELECT 'old', 'k' || i, 'completed', 1, NULL, NULL, '1 minute', '2001-01-01', 200, 'x', NULL,
+	       '2000-12-31 12:00+00', '2000-12-31 12:00+00', '2001-01-01 12:00+00'
+	  FROM generate_series(1, 1000) i});
+
+# An application transaction that looked a key up holds the parent table, so
+# the DROP (ACCESS EXCLUSIVE on the parent) gives up at once; the expired
+# partition, which lookups skip, is truncated instead: its space is free now.
 my $app = $node->background_psql('postgres');
 $app->query_safe('BEGIN');
-$app->query_safe("SELECT outcome FROM apicore.idempotency_begin('shop', 'live')");
-
-like(maintain(), qr/created 0, dropped 0, skipped \(locked\) 1;/,
-	'the expired partition the application holds is skipped, not waited for');
 is($app->query_safe("SELECT outcome FROM apicore.idempotency_begin('shop', 'live')"), 'replay',
-	'the application goes on while maintenance skips');
+	'the application replays a live key');
+like(maintain(), qr/created 0, dropped 0, truncated 1, skipped \(locked\) 0;/,
+	'an open application transaction: the expired partition is truncated, not waited for');
+is($node->safe_psql('postgres', 'SELECT pg_relation_size(\'apicore.idempotency_key_p20010101_000000\')'),
+	'0', 'its space is released');
+$app->query_safe('COMMIT');
+like(maintain(), qr/created 0, dropped 1, truncated 0, skipped \(locked\) 0;/,
+	'once the transaction ends, the empty partition is dropped');
+
+# A transaction that does read the expired partition holds it: maintenance
+# skips it at once (lock_timeout) instead of queueing every lookup behind it.
+$node->safe_psql('postgres',
+	"SELECT apicore._idempotency_create_partition('2001-01-01 00:00+00', '2001-01-02 00:00+00')");
+$app->query_safe('BEGIN');
+$app->query_safe('SELECT count(*) FROM apicore.idempotency_key_p20010101_000000');
+like(maintain(), qr/created 0, dropped 0, truncated 0, skipped \(locked\) 1;/,
+	'the expired partition a transaction holds is skipped, not waited for');
+is($node->safe_psql('postgres', "SELECT outcome FROM apicore.idempotency_begin('shop', 'live')"), 'replay',
+	'lookups go on while maintenance skips');
 $app->query_safe('COMMIT');
 $app->quit;
 
-like(maintain(), qr/created 0, dropped 1, skipped \(locked\) 0;/,
+like(maintain(), qr/created 0, dropped 1, truncated 0, skipped \(locked\) 0;/,
 	'the next round drops it');
 is($node->safe_psql('postgres',
 	"SELECT count(*) FROM apicore._idempotency_partitions() WHERE upper_bound < '2002-01-01'"),
