@@ -197,6 +197,12 @@ SELECT apicore.idempotency_complete('s', 'codes', 1, 599, 'edge');
 SELECT apicore.idempotency_get(NULL, 'k');
 SELECT apicore.idempotency_get('s', '');
 
+-- a read-only transaction (or a hot standby) replays, but cannot claim a key
+BEGIN READ ONLY;
+SELECT outcome, response_body FROM apicore.idempotency_begin('acct_1', 'key-1');
+SELECT outcome FROM apicore.idempotency_begin('acct_1', 'read-only');
+ROLLBACK;
+
 -- ---------- privileges: EXECUTE is enough, the table stays closed ----------
 CREATE ROLE idempotency_app;
 SET ROLE idempotency_app;

@@ -991,19 +991,84 @@ DecideOnRow(KeyRow *row, TimestampTz now, bool has_fingerprint, uint8 *fingerpri
 	return row->state == KEY_RUNNING ? OUTCOME_TAKEOVER : OUTCOME_PROCEED;
 }
 
+/*
+ * Replays work anywhere, a hot standby included; owning a key means writing
+ * it (at complete or commit), so say so now rather than fail at COMMIT.
+ */
+static void
+RequireWritable(void)
+{
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("idempotency key cannot be claimed in a read-only transaction"),
+				 errhint("Call idempotency_begin on the primary, outside SET TRANSACTION READ ONLY; replays work anywhere.")));
+}
+
+/* What a begin call asks for. */
+typedef struct Claim
+{
+	TimestampTz now;
+	Interval   *ttl;
+	Interval   *lease;
+	bool		has_fingerprint;
+	uint8		fingerprint[FINGERPRINT_LEN];
+} Claim;
+
+/*
+ * With the key's lock held: decide the outcome, and take the key when it is
+ * ours to take.  `row` is the key as the caller will see it.
+ */
+static Outcome
+ClaimKey(text *scope, text *key, Claim *c, KeyRow *row)
+{
+	PendingKey *pending = FindPending(scope, key);
+	Outcome		outcome;
+
+	if (pending != NULL && pending->done_subid == InvalidSubTransactionId)
+	{
+		/* begun earlier in this very transaction and still open */
+		*row = pending->row;
+		return OUTCOME_CONFLICT;
+	}
+	if (pending != NULL && pending->done_as == KEY_RELEASED)
+	{
+		/* released earlier in this transaction: afresh, the old attempt stays stale */
+		RequireWritable();
+		NewKeyRow(row, c->now, c->ttl, c->lease, c->has_fingerprint, c->fingerprint);
+		row->attempt = pending->row.attempt + 1;
+		pending->row = *row;
+		pending->created_subid = GetCurrentSubTransactionId();
+		pending->done_subid = InvalidSubTransactionId;
+		return OUTCOME_PROCEED;
+	}
+	if (!FindRow(scope, key, c->now, row))
+	{
+		RequireWritable();
+		NewKeyRow(row, c->now, c->ttl, c->lease, c->has_fingerprint, c->fingerprint);
+		AddPending(scope, key, row);
+		return OUTCOME_PROCEED;
+	}
+	outcome = DecideOnRow(row, c->now, c->has_fingerprint, c->fingerprint);
+	if (outcome == OUTCOME_TAKEOVER || outcome == OUTCOME_PROCEED)
+	{
+		RequireWritable();
+		RestartRow(row, c->now, c->lease, c->has_fingerprint, c->fingerprint);
+		UpdateRow(scope, key, row);
+	}
+	return outcome;
+}
+
 static void
 Begin(text *scope, text *key, Jsonb *request, Interval *ttl, Interval *lease,
 	  BeginResult *result)
 {
-	uint8		fingerprint[FINGERPRINT_LEN];
-	bool		has_fingerprint = request != NULL;
-	TimestampTz now = GetCurrentTimestamp();
+	Claim		claim = {GetCurrentTimestamp(), ttl, lease, request != NULL};
 	LOCKTAG		tag;
 	LockAcquireResult got;
-	PendingKey *pending;
 
-	if (has_fingerprint)
-		Fingerprint(request, fingerprint);
+	if (claim.has_fingerprint)
+		Fingerprint(request, claim.fingerprint);
 
 	KeyLockTag(&tag, scope, key);
 	got = LockAcquire(&tag, ExclusiveLock, false, true);
@@ -1012,39 +1077,7 @@ Begin(text *scope, text *key, Jsonb *request, Interval *ttl, Interval *lease,
 		result->outcome = OUTCOME_CONFLICT;
 		return;
 	}
-
-	pending = FindPending(scope, key);
-	if (pending != NULL && pending->done_subid == InvalidSubTransactionId)
-	{
-		/* begun earlier in this very transaction and still open */
-		result->row = pending->row;
-		result->outcome = OUTCOME_CONFLICT;
-	}
-	else if (pending != NULL && pending->done_as == KEY_RELEASED)
-	{
-		/* released earlier in this transaction: afresh, the old attempt stays stale */
-		NewKeyRow(&result->row, now, ttl, lease, has_fingerprint, fingerprint);
-		result->row.attempt = pending->row.attempt + 1;
-		pending->row = result->row;
-		pending->created_subid = GetCurrentSubTransactionId();
-		pending->done_subid = InvalidSubTransactionId;
-		result->outcome = OUTCOME_PROCEED;
-	}
-	else if (!FindRow(scope, key, now, &result->row))
-	{
-		NewKeyRow(&result->row, now, ttl, lease, has_fingerprint, fingerprint);
-		AddPending(scope, key, &result->row);
-		result->outcome = OUTCOME_PROCEED;
-	}
-	else
-	{
-		result->outcome = DecideOnRow(&result->row, now, has_fingerprint, fingerprint);
-		if (result->outcome == OUTCOME_TAKEOVER || result->outcome == OUTCOME_PROCEED)
-		{
-			RestartRow(&result->row, now, lease, has_fingerprint, fingerprint);
-			UpdateRow(scope, key, &result->row);
-		}
-	}
+	result->outcome = ClaimKey(scope, key, &claim, &result->row);
 
 	/* a caller that does not own the key must not keep duplicates waiting */
 	if (got == LOCKACQUIRE_OK &&
