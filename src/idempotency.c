@@ -1195,45 +1195,10 @@ apicore_idempotency_begin(PG_FUNCTION_ARGS)
 
 /* ---------- checkpoint, complete, release: acting as the owner ---------- */
 
-/*
- * The attempt's row, locked for the caller.  Waits for the key's lock: at
- * most a duplicate's begin, or a takeover's transaction, after which this
- * attempt is stale and refused.  Returns the pending entry when the key was
- * begun in this transaction and is not in the table yet; else fills `row`.
- */
-static PendingKey *
-OwnedKey(text *scope, text *key, int32 attempt, KeyRow *row)
+/* Refuse an attempt that the key in the table no longer belongs to. */
+static void
+CheckRowOwner(text *key, int32 attempt, KeyRow *row, TimestampTz now)
 {
-	LOCKTAG		tag;
-	PendingKey *pending;
-	TimestampTz now = GetCurrentTimestamp();
-
-	KeyLockTag(&tag, scope, key);
-	LockAcquire(&tag, ExclusiveLock, false, false);
-
-	pending = FindPending(scope, key);
-	if (pending != NULL && pending->done_subid == InvalidSubTransactionId)
-	{
-		if (pending->row.attempt != attempt)
-			ereport(ERROR,
-					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-					 errmsg("idempotency attempt %d does not hold key \"%s\"; attempt %d does",
-							attempt, text_to_cstring(key), pending->row.attempt),
-					 errhint("Pass the attempt number idempotency_begin returned.")));
-		return pending;
-	}
-	if (pending != NULL && pending->done_as == KEY_RELEASED)
-		ereport(ERROR,
-				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-				 errmsg("idempotency attempt %d released key \"%s\"", attempt, text_to_cstring(key)),
-				 errhint("Call idempotency_begin again to start a new attempt.")));
-
-	if (!FindRow(scope, key, now, row))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("idempotency key \"%s\" has not been begun in scope \"%s\"",
-						text_to_cstring(key), text_to_cstring(scope)),
-				 errhint("Call idempotency_begin first; a key is forgotten after its ttl.")));
 	if (row->state == KEY_COMPLETED && row->attempt == attempt)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1251,6 +1216,56 @@ OwnedKey(text *scope, text *key, int32 attempt, KeyRow *row)
 				 errmsg("idempotency attempt %d lost key \"%s\": its lease expired",
 						attempt, text_to_cstring(key)),
 				 errhint("Call idempotency_checkpoint more often than the lease, or begin again to take the key over.")));
+}
+
+/* Refuse an attempt that does not own the key begun in this transaction. */
+static void
+CheckPendingOwner(text *key, int32 attempt, PendingKey *pending)
+{
+	if (pending->done_subid != InvalidSubTransactionId)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("idempotency attempt %d released key \"%s\"", attempt, text_to_cstring(key)),
+				 errhint("Call idempotency_begin again to start a new attempt.")));
+	if (pending->row.attempt != attempt)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("idempotency attempt %d does not hold key \"%s\"; attempt %d does",
+						attempt, text_to_cstring(key), pending->row.attempt),
+				 errhint("Pass the attempt number idempotency_begin returned.")));
+}
+
+/*
+ * The attempt's key, locked for the caller.  Waits for the key's lock: at
+ * most a duplicate's begin, or a takeover's transaction, after which this
+ * attempt is stale and refused.  Returns the pending entry when the key was
+ * begun in this transaction and is not in the table yet; else fills `row`.
+ */
+static PendingKey *
+OwnedKey(text *scope, text *key, int32 attempt, KeyRow *row)
+{
+	LOCKTAG		tag;
+	PendingKey *pending;
+	TimestampTz now = GetCurrentTimestamp();
+
+	KeyLockTag(&tag, scope, key);
+	LockAcquire(&tag, ExclusiveLock, false, false);
+
+	/* a pending key completed here is in the table now: look there */
+	pending = FindPending(scope, key);
+	if (pending != NULL && !(pending->done_subid != InvalidSubTransactionId &&
+							 pending->done_as == KEY_COMPLETED))
+	{
+		CheckPendingOwner(key, attempt, pending);
+		return pending;
+	}
+	if (!FindRow(scope, key, now, row))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotency key \"%s\" has not been begun in scope \"%s\"",
+						text_to_cstring(key), text_to_cstring(scope)),
+				 errhint("Call idempotency_begin first; a key is forgotten after its ttl.")));
+	CheckRowOwner(key, attempt, row, now);
 	row->updated_at = now;
 	return NULL;
 }
