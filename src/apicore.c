@@ -23,7 +23,7 @@ bool		apicore_preloaded = false;
 static const ApicoreCapability capabilities[] = {
 	{"maintenance", WorkerInit, WorkerShmemRequest, WorkerShmemStartup},
 	{"crypto", CryptoInit, NULL, NULL},
-	{"idempotency", IdempotencyInit, NULL, NULL},
+	{"idempotency", IdempotencyInit, IdempotencyShmemRequest, IdempotencyShmemStartup},
 	{"cursor", CursorInit, NULL, NULL},
 	{"keyset", KeysetInit, NULL, NULL},
 	{"rate_limit", RateLimitInit, RateLimitShmemRequest, RateLimitShmemStartup},

@@ -44,6 +44,8 @@ extern void WorkerShmemRequest(void);
 extern void WorkerShmemStartup(void);
 extern void CryptoInit(void);
 extern void IdempotencyInit(void);
+extern void IdempotencyShmemRequest(void);
+extern void IdempotencyShmemStartup(void);
 extern void CursorInit(void);
 extern void KeysetInit(void);
 extern void RateLimitInit(void);

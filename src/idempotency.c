@@ -141,9 +141,6 @@ typedef struct IdempotencyCounters
 } IdempotencyCounters;
 
 static IdempotencyCounters *counters = NULL;
-static bool shmem_requested = false;
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* SPI plans, prepared once per backend. */
 static SPIPlanPtr update_plan = NULL;
@@ -156,26 +153,7 @@ PG_FUNCTION_INFO_V1(apicore_idempotency_get);
 PG_FUNCTION_INFO_V1(apicore_idempotency_counters);
 PG_FUNCTION_INFO_V1(apicore_idempotency_settings);
 
-void		IdempotencyShmemRequest(void);
-void		IdempotencyShmemStartup(void);
-
 /* ---------- settings and shared memory ---------- */
-
-static void
-ChainedShmemRequest(void)
-{
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	IdempotencyShmemRequest();
-}
-
-static void
-ChainedShmemStartup(void)
-{
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-	IdempotencyShmemStartup();
-}
 
 void
 IdempotencyInit(void)
@@ -193,27 +171,11 @@ IdempotencyInit(void)
 							"Largest ttl apicore.idempotency_begin accepts.",
 							NULL, &max_ttl_s, 7 * 86400, 1, INT_MAX,
 							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
-
-	/*
-	 * The outcome counters need shared memory.  apicore.c does not list
-	 * IdempotencyShmemRequest/Startup yet, so hook them in here; both are
-	 * safe to call twice should apicore.c list them later.
-	 */
-	if (process_shared_preload_libraries_in_progress)
-	{
-		prev_shmem_request_hook = shmem_request_hook;
-		shmem_request_hook = ChainedShmemRequest;
-		prev_shmem_startup_hook = shmem_startup_hook;
-		shmem_startup_hook = ChainedShmemStartup;
-	}
 }
 
 void
 IdempotencyShmemRequest(void)
 {
-	if (shmem_requested)
-		return;
-	shmem_requested = true;
 	RequestAddinShmemSpace(MAXALIGN(sizeof(IdempotencyCounters)));
 }
 
