@@ -561,6 +561,8 @@ ClaimAndRunLocal(SagaRow *saga, int position, const char *direction)
 	run.max_backoff = DatumGetIntervalP(ResultValue(0, 5, NULL));
 	run.function = DatumGetObjectId(ResultValue(0, 6, NULL));
 	run.worker = APICORE_ACTOR;
+	LogTransition(&saga->id, run.step, run.direction, run.attempt, "runnable", "claimed",
+				  APICORE_ACTOR, NULL);
 	RunLocalStep(saga, &run);
 }
 
