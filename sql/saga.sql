@@ -249,13 +249,13 @@ SELECT error_of($$TRUNCATE apicore.saga_transition$$);
 -- ---------- retention: finished sagas go with their steps and log rows ----------
 SELECT apicore._saga_retention();
 SELECT apicore.saga_resolve('00000000-0000-0000-0000-000000000013', 'failed', 'alice', 'kept for the test');
-UPDATE apicore.saga SET updated_at = now() - interval '8 days';
+UPDATE apicore.saga SET finished_at = finished_at - interval '8 days';
 SELECT apicore._saga_retention();
 SELECT id, state FROM apicore.saga ORDER BY id;
 SELECT count(*) AS log_rows_of_deleted_sagas FROM apicore.saga_log l
  WHERE NOT EXISTS (SELECT 1 FROM apicore.saga g WHERE g.id = l.saga);
 SET apicore.saga_retention = '1h';
-UPDATE apicore.saga SET state = 'compensated', updated_at = now() - interval '2 hours';
+UPDATE apicore.saga SET state = 'compensated', finished_at = now() - interval '2 hours';
 SELECT apicore._saga_retention();
 RESET apicore.saga_retention;
 

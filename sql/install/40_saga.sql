@@ -45,10 +45,13 @@ CREATE TABLE apicore.saga (
     cancel_reason text,                              -- set by saga_cancel / a deadline
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,                       -- completed, compensated or cancelled: retention counts from here
     FOREIGN KEY (definition, version) REFERENCES apicore.saga_definition
-);
+) WITH (fillfactor = 80);
+-- No index covers the columns a step report changes (position, outputs,
+-- updated_at), so those updates stay HOT; fillfactor leaves them room.
 CREATE INDEX saga_deadline ON apicore.saga (deadline) WHERE state = 'running' AND deadline IS NOT NULL;
-CREATE INDEX saga_finished ON apicore.saga (updated_at) WHERE state IN ('completed', 'compensated', 'cancelled');
+CREATE INDEX saga_finished ON apicore.saga (finished_at) WHERE finished_at IS NOT NULL;
 COMMENT ON TABLE apicore.saga IS 'one row per saga; use the views apicore.sagas and apicore.saga_dead_letter';
 
 -- One row per step run (forward or compensate) once it has become runnable.
