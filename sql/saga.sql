@@ -185,9 +185,10 @@ SELECT apicore.saga_define('restock', '[{"name": "flaky", "function": "shop.flak
 SELECT apicore.saga_start('restock', '{}', '00000000-0000-0000-0000-000000000012');
 SELECT step, state, attempt, last_error FROM apicore.saga_step WHERE saga = '00000000-0000-0000-0000-000000000012';
 SELECT count(*) AS flaky_writes_kept FROM shop.audit;
--- not due yet; once due, maintenance (or a claim) runs it
+-- not due yet; once due, the maintenance task runs it (never a worker)
 SELECT apicore._saga_run_local_steps();
 UPDATE apicore.saga_step SET run_after = now() - interval '1 second' WHERE saga = '00000000-0000-0000-0000-000000000012';
+SELECT count(*) AS handed_to_a_worker FROM apicore.saga_claim('w', ARRAY['restock']);
 SELECT apicore._saga_run_local_steps();
 SELECT step, state, attempt, output FROM apicore.saga_step WHERE saga = '00000000-0000-0000-0000-000000000012' ORDER BY position;
 SELECT count(*) AS flaky_writes_kept FROM shop.audit;

@@ -59,6 +59,7 @@
 /* Settings */
 static int	saga_retention_s = 7 * 24 * 3600;
 static int	saga_maintenance_batch = 1000;
+static bool saga_notify = true;
 
 PG_FUNCTION_INFO_V1(apicore_saga_define);
 PG_FUNCTION_INFO_V1(apicore_saga_start);
@@ -103,6 +104,7 @@ typedef enum SagaPlanId
 	PLAN_STEP_REARM,
 	PLAN_NEXT_COMPENSATION,
 	PLAN_CLAIM,
+	PLAN_DUE_LOCAL_STEPS,
 	PLAN_HEARTBEAT,
 	PLAN_EXPIRED_SAGAS,
 	PLAN_DEADLINE_SAGAS,
@@ -234,8 +236,7 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	[PLAN_CLAIM] = {"WITH c AS ("
 		"  SELECT saga, position, direction FROM apicore.saga_step "
 		"   WHERE state = 'runnable' AND run_after <= now() "
-		"     AND ($2::text[] IS NULL OR definition = ANY ($2)) "
-		"     AND (NOT $4 OR function IS NOT NULL) "
+		"     AND ($2::text[] IS NULL OR definition = ANY ($2)) AND function IS NULL "
 		"   ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED), "
 		"u AS ("
 		"  UPDATE apicore.saga_step s SET state = 'claimed', attempt = s.attempt + 1, worker = $1, "
@@ -244,12 +245,15 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"  RETURNING s.*), "
 		"l AS ("
 		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
-		"  SELECT saga, step, direction, attempt, 'runnable', 'claimed', $1 FROM u WHERE function IS NULL) "
+		"  SELECT saga, step, direction, attempt, 'runnable', 'claimed', $1 FROM u) "
 		"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, g.outputs, "
-		"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action, "
-		"       u.position, u.function::oid "
+		"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action "
 		"FROM u JOIN apicore.saga g ON g.id = u.saga ORDER BY u.run_after",
-	4, {TEXTOID, TEXTARRAYOID, INT4OID, BOOLOID}},
+	3, {TEXTOID, TEXTARRAYOID, INT4OID}},
+	[PLAN_DUE_LOCAL_STEPS] = {"SELECT g.id, s.position, s.direction FROM apicore.saga_step s "
+		"JOIN apicore.saga g ON g.id = s.saga "
+		"WHERE s.state = 'runnable' AND s.run_after <= now() AND s.function IS NOT NULL "
+		"ORDER BY s.run_after LIMIT $1 FOR UPDATE OF g SKIP LOCKED", 1, {INT4OID}},
 	[PLAN_HEARTBEAT] = {"UPDATE apicore.saga_step SET lease_expires_at = now() + timeout, updated_at = now() "
 		"WHERE saga = $1 AND step = $2 AND state = 'claimed' AND attempt = $3 RETURNING lease_expires_at",
 	3, {UUIDOID, TEXTOID, INT4OID}},
@@ -643,16 +647,24 @@ ClaimAndRunLocal(SagaRow *saga, int position, const char *direction)
 static void
 NotifyRunnable(SagaRow *saga, const char *definition, const char *step)
 {
-	char	   *id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&saga->id)));
+	char	   *id;
 	StringInfoData payload;
 
+	/*
+	 * PostgreSQL serialises the commits of notifying transactions (one lock
+	 * per database, held through commit), so busy installations whose
+	 * workers poll can turn this off.
+	 */
+	if (!saga_notify)
+		return;
+	id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&saga->id)));
 	initStringInfo(&payload);
 	appendStringInfo(&payload, "{\"saga_id\": \"%s\", \"definition\": ", id);
 	escape_json(&payload, definition);
 	appendStringInfoString(&payload, ", \"step\": ");
 	escape_json(&payload, step);
 	appendStringInfoChar(&payload, '}');
-	if (getenv("NO_NOTIFY") == NULL) Async_Notify("apicore_saga", payload.data);
+	Async_Notify("apicore_saga", payload.data);
 }
 
 /*
@@ -1259,75 +1271,28 @@ apicore_saga_start(PG_FUNCTION_ARGS)
 
 /* ---------- saga_claim ---------- */
 
-/* Claimed local steps are run here, not handed to the worker. */
-static void
-RunClaimedLocal(int row)
-{
-	pg_uuid_t  *id = DatumGetUUIDP(ResultValue(row, 1, NULL));
-	SagaRow    *saga;
-	StepRun		run;
-
-	run.step = ResultText(row, 4);
-	run.direction = ResultText(row, 5);
-	run.attempt = DatumGetInt32(ResultValue(row, 6, NULL));
-	run.position = DatumGetInt32(ResultValue(row, 12, NULL));
-	run.function = DatumGetObjectId(ResultValue(row, 13, NULL));
-	run.worker = APICORE_ACTOR;
-	saga = LockSaga(id);
-	{
-		/* settings of the run, from its row */
-		Datum		values[2] = {UUIDPGetDatum(id), CStringGetTextDatum(run.step)};
-
-		SagaExec(PLAN_STEP_CLAIMED, values, NULL, false, 1);
-		if (SPI_processed == 0)
-			return;
-		run.max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
-		run.backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
-		run.max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
-	}
-	LogTransition(id, run.step, run.direction, run.attempt, "runnable", "claimed", APICORE_ACTOR, NULL);
-	RunLocalStep(saga, &run);
-}
-
 /*
- * Claim up to max_steps runnable steps.  Returns the claimed rows of worker
- * steps in `tupstore`; runs local ones.  local_only: maintenance's variant.
+ * Claim up to max_steps runnable worker steps into `tupstore`.  Local steps
+ * are never handed out: apicore runs them itself (Schedule, and the
+ * saga_run_local_steps task for retries).
  */
-static int
+static void
 ClaimSteps(const char *worker, Datum definitions, bool no_definitions, int max_steps,
-		   bool local_only, Tuplestorestate *tupstore, TupleDesc tupdesc)
+		   Tuplestorestate *tupstore, TupleDesc tupdesc)
 {
-	Datum		values[4] = {CStringGetTextDatum(worker), definitions, Int32GetDatum(max_steps),
-	BoolGetDatum(local_only)};
-	char		nulls[4] = {' ', no_definitions ? 'n' : ' ', ' ', ' '};
-	SPITupleTable *claimed;
-	uint64		nclaimed;
-	int			returned = 0;
+	Datum		values[3] = {CStringGetTextDatum(worker), definitions, Int32GetDatum(max_steps)};
+	char		nulls[3] = {' ', no_definitions ? 'n' : ' ', ' '};
 
 	SagaExec(PLAN_CLAIM, values, nulls, false, 0);
-	claimed = SPI_tuptable;
-	nclaimed = SPI_processed;
-	for (uint64 i = 0; i < nclaimed; i++)
+	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		bool		worker_step;
+		Datum		row[11];
+		bool		row_nulls[11];
 
-		SPI_tuptable = claimed; /* running a local step replaced it */
-		(void) ResultValue((int) i, 13, &worker_step);	/* NULL function: a worker's step */
-		if (worker_step)
-		{
-			Datum		row[11];
-			bool		row_nulls[11];
-
-			for (int c = 0; c < 11; c++)
-				row[c] = ResultValue((int) i, c + 1, &row_nulls[c]);
-			if (tupstore)
-				tuplestore_putvalues(tupstore, tupdesc, row, row_nulls);
-			returned++;
-		}
-		else
-			RunClaimedLocal((int) i);
+		for (int c = 0; c < 11; c++)
+			row[c] = ResultValue((int) i, c + 1, &row_nulls[c]);
+		tuplestore_putvalues(tupstore, tupdesc, row, row_nulls);
 	}
-	return returned;
 }
 
 Datum
@@ -1347,7 +1312,7 @@ apicore_saga_claim(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
 	ClaimSteps(worker, PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1), PG_ARGISNULL(1),
-			   max_steps, false, rsinfo->setResult, rsinfo->setDesc);
+			   max_steps, rsinfo->setResult, rsinfo->setDesc);
 	SPI_finish();
 	return (Datum) 0;
 }
@@ -1608,9 +1573,29 @@ apicore_saga_fire_deadlines(PG_FUNCTION_ARGS)
 Datum
 apicore_saga_run_local_steps(PG_FUNCTION_ARGS)
 {
+	Datum		values[1] = {Int32GetDatum(saga_maintenance_batch)};
+	SPITupleTable *due;
+	uint64		ndue;
+
 	SPI_connect();
-	ClaimSteps(APICORE_ACTOR, (Datum) 0, true, saga_maintenance_batch, true, NULL, NULL);
-	return TaskResult("local steps due for retry run");
+	/* saga row first, as everywhere: the step is claimed under its lock */
+	SagaExec(PLAN_DUE_LOCAL_STEPS, values, NULL, false, 0);
+	due = SPI_tuptable;
+	ndue = SPI_processed;
+	for (uint64 i = 0; i < ndue; i++)
+	{
+		SagaRow    *saga;
+		int			position;
+		char	   *direction;
+
+		SPI_tuptable = due;		/* running a step replaced it */
+		position = DatumGetInt32(ResultValue((int) i, 2, NULL));
+		direction = ResultText((int) i, 3);
+		saga = LockSaga(DatumGetUUIDP(ResultValue((int) i, 1, NULL)));
+		if (saga)
+			ClaimAndRunLocal(saga, position, direction);
+	}
+	return TaskResult(psprintf("%d local steps run", (int) ndue));
 }
 
 Datum
@@ -1647,4 +1632,8 @@ SagaInit(void)
 							"Keeps every maintenance transaction short.",
 							&saga_maintenance_batch, 1000, 1, 100000,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("apicore.saga_notify",
+							 "Send NOTIFY apicore_saga when a saga step becomes runnable.",
+							 "Off: workers find work by polling saga_claim; commits of step reports no longer queue behind each other.",
+							 &saga_notify, true, PGC_USERSET, 0, NULL, NULL, NULL);
 }

@@ -80,7 +80,8 @@ CREATE TABLE apicore.saga_step (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (saga, position, direction)
 );
-CREATE INDEX saga_step_runnable ON apicore.saga_step (run_after) WHERE state = 'runnable';
+CREATE INDEX saga_step_runnable ON apicore.saga_step (run_after) WHERE state = 'runnable' AND function IS NULL;
+CREATE INDEX saga_step_local_due ON apicore.saga_step (run_after) WHERE state = 'runnable' AND function IS NOT NULL;
 CREATE INDEX saga_step_leased ON apicore.saga_step (lease_expires_at) WHERE state = 'claimed';
 
 -- The audit trail.  Rows are only ever inserted; the trigger below refuses

@@ -11,3 +11,9 @@ bench_sql "CREATE TABLE bench_queue (
   INSERT INTO bench_queue (payload) SELECT jsonb_build_object('order', i) FROM generate_series(1, 200000) i"
 for t in bench_queue apicore.saga apicore.saga_step apicore.saga_transition; do bench_sql "VACUUM ANALYZE $t"; done
 bench_compare "saga: claim + succeed one step" "$BENCH_DIR/cases/saga_claim_succeed.sql" "$BENCH_DIR/cases/saga_baseline_queue.sql"
+# NOTIFY serialises the commits of notifying transactions (a per-database
+# lock held through commit): the same case with apicore.saga_notify = off,
+# for workers that poll.
+bench_sql "ALTER DATABASE bench SET apicore.saga_notify = off"
+bench_compare "saga: claim + succeed, saga_notify off" "$BENCH_DIR/cases/saga_claim_succeed.sql" "$BENCH_DIR/cases/saga_baseline_queue.sql"
+bench_sql "ALTER DATABASE bench RESET apicore.saga_notify"
