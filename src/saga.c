@@ -105,6 +105,7 @@ typedef enum SagaPlanId
 	PLAN_STEP_REARM,
 	PLAN_NEXT_COMPENSATION,
 	PLAN_CLAIM,
+	PLAN_CLAIM_MANY,
 	PLAN_DUE_LOCAL_STEPS,
 	PLAN_HEARTBEAT,
 	PLAN_EXPIRED_SAGAS,
@@ -120,7 +121,30 @@ typedef struct SagaPlanDef
 	const char *sql;
 	int			nargs;
 	Oid			argtypes[11];
+	bool		custom;			/* plan for each call's values (a LIMIT parameter) */
 } SagaPlanDef;
+
+/*
+ * saga_claim's statement.  LIMIT 1, the common claim, is a literal so that
+ * its plan can be generic (planned once); with a LIMIT parameter the generic
+ * plan would assume 10% of the table and hash-join it.
+ */
+#define CLAIM_SQL(limit) "WITH c AS (" \
+	"  SELECT saga, position, direction FROM apicore.saga_step " \
+	"   WHERE state = 'runnable' AND run_after <= now() " \
+	"     AND ($2::text[] IS NULL OR definition = ANY ($2)) AND function IS NULL " \
+	"   ORDER BY run_after LIMIT " limit " FOR UPDATE SKIP LOCKED), " \
+	"u AS (" \
+	"  UPDATE apicore.saga_step s SET state = 'claimed', attempt = s.attempt + 1, worker = $1, " \
+	"         lease_expires_at = now() + s.timeout, updated_at = now() " \
+	"    FROM c WHERE s.saga = c.saga AND s.position = c.position AND s.direction = c.direction " \
+	"  RETURNING s.*), " \
+	"l AS (" \
+	"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) " \
+	"  SELECT saga, step, direction, attempt, 'runnable', 'claimed', $1 FROM u) " \
+	"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, g.outputs, " \
+	"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action " \
+	"FROM u JOIN apicore.saga g ON g.id = u.saga ORDER BY u.run_after"
 
 static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	[PLAN_DEF_LOCK] = {"SELECT pg_advisory_xact_lock(hashtext('apicore.saga_define'), hashtext($1))",
@@ -206,7 +230,9 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"s AS ("
 		"  UPDATE apicore.saga_step st SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
 		"    updated_at = now() "
-		"  FROM g WHERE st.saga = g.id AND st.step = $2 AND st.direction = 'forward' "
+		"  FROM g JOIN apicore.saga_definition_step sd ON sd.definition = g.definition "
+		"    AND sd.version = g.version AND sd.name = $2 "
+		"  WHERE st.saga = $1 AND st.position = sd.position AND st.direction = 'forward' "
 		"    AND st.state = 'claimed' AND st.attempt = $3 "
 		"    AND EXISTS (SELECT FROM apicore.saga_definition_step d WHERE d.definition = g.definition "
 		"      AND d.version = g.version AND d.position = st.position + 1 AND d.function IS NULL) "
@@ -271,37 +297,22 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"WHERE s.saga = $1 AND s.direction = 'forward' AND s.state = 'succeeded' AND s.position < $2 "
 		"  AND (d.compensate IS NOT NULL OR d.compensate_function IS NOT NULL) "
 		"ORDER BY s.position DESC LIMIT 1", 2, {UUIDOID, INT4OID}},
-	[PLAN_CLAIM] = {"WITH c AS ("
-		"  SELECT saga, position, direction FROM apicore.saga_step "
-		"   WHERE state = 'runnable' AND run_after <= now() "
-		"     AND ($2::text[] IS NULL OR definition = ANY ($2)) AND function IS NULL "
-		"   ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED), "
-		"u AS ("
-		"  UPDATE apicore.saga_step s SET state = 'claimed', attempt = s.attempt + 1, worker = $1, "
-		"         lease_expires_at = now() + s.timeout, updated_at = now() "
-		"    FROM c WHERE s.saga = c.saga AND s.position = c.position AND s.direction = c.direction "
-		"  RETURNING s.*), "
-		"l AS ("
-		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
-		"  SELECT saga, step, direction, attempt, 'runnable', 'claimed', $1 FROM u) "
-		"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, g.outputs, "
-		"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action "
-		"FROM u JOIN apicore.saga g ON g.id = u.saga ORDER BY u.run_after",
-	3, {TEXTOID, TEXTARRAYOID, INT4OID}},
+	[PLAN_CLAIM] = {CLAIM_SQL("1"), 2, {TEXTOID, TEXTARRAYOID}},
+	[PLAN_CLAIM_MANY] = {CLAIM_SQL("$3"), 3, {TEXTOID, TEXTARRAYOID, INT4OID}, true},
 	[PLAN_DUE_LOCAL_STEPS] = {"SELECT g.id, s.position, s.direction FROM apicore.saga_step s "
 		"JOIN apicore.saga g ON g.id = s.saga "
 		"WHERE s.state = 'runnable' AND s.run_after <= now() AND s.function IS NOT NULL "
-		"ORDER BY s.run_after LIMIT $1 FOR UPDATE OF g SKIP LOCKED", 1, {INT4OID}},
+		"ORDER BY s.run_after LIMIT $1 FOR UPDATE OF g SKIP LOCKED", 1, {INT4OID}, true},
 	[PLAN_HEARTBEAT] = {"UPDATE apicore.saga_step SET lease_expires_at = now() + timeout, updated_at = now() "
 		"WHERE saga = $1 AND step = $2 AND state = 'claimed' AND attempt = $3 RETURNING lease_expires_at",
 	3, {UUIDOID, TEXTOID, INT4OID}},
 	[PLAN_EXPIRED_SAGAS] = {"SELECT g.id FROM apicore.saga_step s JOIN apicore.saga g ON g.id = s.saga "
-		"WHERE s.state = 'claimed' AND s.lease_expires_at < now() "
+		"WHERE s.lease_expires_at < now() "
 		"ORDER BY s.lease_expires_at LIMIT $1 FOR UPDATE OF g SKIP LOCKED",
-	1, {INT4OID}},
+	1, {INT4OID}, true},
 	[PLAN_DEADLINE_SAGAS] = {"SELECT id FROM apicore.saga "
 		"WHERE state = 'running' AND deadline IS NOT NULL AND deadline < now() "
-	"ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED", 1, {INT4OID}},
+	"ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED", 1, {INT4OID}, true},
 	/* a finished saga goes with its steps in one statement */
 	[PLAN_RETENTION_SAGAS] = {"WITH doomed AS ("
 		"  SELECT id FROM apicore.saga "
@@ -309,7 +320,7 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
 		"gone AS (DELETE FROM apicore.saga g USING doomed WHERE g.id = doomed.id RETURNING g.id), "
 		"steps AS (DELETE FROM apicore.saga_step s USING gone WHERE s.saga = gone.id) "
-		"SELECT count(*)::int, array_agg(id) FROM gone", 2, {INT4OID, INT4OID}},
+		"SELECT count(*)::int, array_agg(id) FROM gone", 2, {INT4OID, INT4OID}, true},
 	[PLAN_RETENTION_LOG] = {"DELETE FROM apicore.saga_transition WHERE saga = ANY ($1)",
 	1, {UUIDARRAYOID}},
 	[PLAN_GET] = {"SELECT jsonb_build_object("
@@ -340,8 +351,14 @@ SagaExec(SagaPlanId id, Datum *values, const char *nulls, bool read_only, long c
 
 	if (plans[id] == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(plan_defs[id].sql, plan_defs[id].nargs,
-									   (Oid *) plan_defs[id].argtypes);
+		/*
+		 * The generic plan unless told otherwise: a custom plan is planned
+		 * again on every call, which costs more than these statements take
+		 * to run.
+		 */
+		SPIPlanPtr	plan = SPI_prepare_cursor(plan_defs[id].sql, plan_defs[id].nargs,
+											  (Oid *) plan_defs[id].argtypes,
+											  plan_defs[id].custom ? 0 : CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "apicore: could not prepare saga plan %d: %s",
@@ -1359,7 +1376,7 @@ ClaimSteps(const char *worker, Datum definitions, bool no_definitions, int max_s
 	Datum		values[3] = {CStringGetTextDatum(worker), definitions, Int32GetDatum(max_steps)};
 	char		nulls[3] = {' ', no_definitions ? 'n' : ' ', ' '};
 
-	SagaExec(PLAN_CLAIM, values, nulls, false, 0);
+	SagaExec(max_steps == 1 ? PLAN_CLAIM : PLAN_CLAIM_MANY, values, nulls, false, 0);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		Datum		row[11];

@@ -82,7 +82,9 @@ CREATE TABLE apicore.saga_step (
 );
 CREATE INDEX saga_step_runnable ON apicore.saga_step (run_after) WHERE state = 'runnable' AND function IS NULL;
 CREATE INDEX saga_step_local_due ON apicore.saga_step (run_after) WHERE state = 'runnable' AND function IS NOT NULL;
-CREATE INDEX saga_step_leased ON apicore.saga_step (lease_expires_at) WHERE state = 'claimed';
+-- lease_expires_at is set exactly while a run is claimed.  The predicate does
+-- not mention state, so lookups of one saga's claimed step use the primary key.
+CREATE INDEX saga_step_leased ON apicore.saga_step (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 
 -- The audit trail.  Rows are only ever inserted; the trigger below refuses
 -- UPDATE and TRUNCATE, and DELETE of a row whose saga still exists (the
