@@ -98,6 +98,7 @@ typedef enum SagaPlanId
 	PLAN_FAST_SUCCEED,
 	PLAN_STEP_CLAIM_ONE,
 	PLAN_STEP_CLAIMED,
+	PLAN_STEP_EXPIRED,
 	PLAN_STEP_LATEST,
 	PLAN_STEP_CURRENT,
 	PLAN_STEP_SET,
@@ -265,6 +266,10 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"  function::oid, worker "
 		"FROM apicore.saga_step WHERE saga = $1 AND step = $2 AND state = 'claimed'",
 	2, {UUIDOID, TEXTOID}},
+	[PLAN_STEP_EXPIRED] = {"SELECT position, direction, step, attempt, max_attempts, backoff, max_backoff, "
+		"  function::oid, worker "
+		"FROM apicore.saga_step WHERE saga = $1 AND lease_expires_at < now()",
+	1, {UUIDOID}},
 	[PLAN_STEP_LATEST] = {"SELECT state, attempt FROM apicore.saga_step WHERE saga = $1 AND step = $2 "
 	"ORDER BY updated_at DESC, direction DESC LIMIT 1", 2, {UUIDOID, TEXTOID}},
 	[PLAN_STEP_CURRENT] = {"SELECT s.state, s.step, s.attempt, s.worker, s.lease_expires_at::text "
@@ -875,6 +880,24 @@ ReportNotClaimed(SagaRow *saga, const char *step, int attempt)
 			 errhint("The step was already reported, cancelled or resolved; drop this result.")));
 }
 
+/* The claimed run in the first row of PLAN_STEP_CLAIMED / PLAN_STEP_EXPIRED. */
+static StepRun *
+StepRunFromResult(void)
+{
+	StepRun    *run = palloc0(sizeof(StepRun));
+
+	run->position = DatumGetInt32(ResultValue(0, 1, NULL));
+	run->direction = ResultText(0, 2);
+	run->step = ResultText(0, 3);
+	run->attempt = DatumGetInt32(ResultValue(0, 4, NULL));
+	run->max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
+	run->backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
+	run->max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
+	run->function = DatumGetObjectId(ResultValue(0, 8, NULL));
+	run->worker = ResultText(0, 9);
+	return run;
+}
+
 /* Lock the saga and find the claimed run of `step` at exactly `attempt`. */
 static StepRun *
 ClaimedRun(FunctionCallInfo fcinfo, SagaRow **saga_out)
@@ -901,16 +924,7 @@ ClaimedRun(FunctionCallInfo fcinfo, SagaRow **saga_out)
 	if (SPI_processed == 0)
 		ReportNotClaimed(saga, step, attempt);
 
-	run = palloc0(sizeof(StepRun));
-	run->position = DatumGetInt32(ResultValue(0, 1, NULL));
-	run->direction = ResultText(0, 2);
-	run->step = ResultText(0, 3);
-	run->attempt = DatumGetInt32(ResultValue(0, 4, NULL));
-	run->max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
-	run->backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
-	run->max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
-	run->function = DatumGetObjectId(ResultValue(0, 8, NULL));
-	run->worker = ResultText(0, 9);
+	run = StepRunFromResult();
 	if (run->attempt != attempt)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
@@ -1563,43 +1577,16 @@ ReclaimSaga(pg_uuid_t *id)
 {
 	SagaRow    *saga = LockSaga(id);
 	Datum		values[1] = {UUIDPGetDatum(id)};
-	int			reclaimed = 0;
+	StepRun    *run;
 
 	if (saga == NULL)
 		return 0;
-	SPI_execute_with_args("SELECT step FROM apicore.saga_step "
-						  "WHERE saga = $1 AND state = 'claimed' AND lease_expires_at < now()",
-						  1, (Oid[]) {UUIDOID}, values, NULL, false, 0);
-	{
-		List	   *steps = NIL;
-		ListCell   *lc;
-
-		for (uint64 i = 0; i < SPI_processed; i++)
-			steps = lappend(steps, ResultText(i, 1));
-		foreach(lc, steps)
-		{
-			Datum		find[2] = {UUIDPGetDatum(id), CStringGetTextDatum(lfirst(lc))};
-			StepRun		run;
-
-			SagaExec(PLAN_STEP_CLAIMED, find, NULL, false, 1);
-			if (SPI_processed == 0)
-				continue;
-			run.position = DatumGetInt32(ResultValue(0, 1, NULL));
-			run.direction = ResultText(0, 2);
-			run.step = ResultText(0, 3);
-			run.attempt = DatumGetInt32(ResultValue(0, 4, NULL));
-			run.max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
-			run.backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
-			run.max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
-			run.function = DatumGetObjectId(ResultValue(0, 8, NULL));
-			run.worker = ResultText(0, 9);
-			SagaStepFailed(saga, &run,
-						   psprintf("lease of worker %s expired", run.worker ? run.worker : "?"),
-						   true, APICORE_ACTOR);
-			reclaimed++;
-		}
-	}
-	return reclaimed;
+	SagaExec(PLAN_STEP_EXPIRED, values, NULL, false, 1);
+	if (SPI_processed == 0)
+		return 0;				/* reported or heartbeated meanwhile */
+	run = StepRunFromResult();
+	SagaStepFailed(saga, run, psprintf("lease of worker %s expired", run->worker), true, APICORE_ACTOR);
+	return 1;
 }
 
 /* Ids from the last SPI result's first column, copied. */
