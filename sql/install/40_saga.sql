@@ -40,7 +40,6 @@ CREATE TABLE apicore.saga (
     position      int NOT NULL DEFAULT 1,          -- the step the saga is at
     direction     text NOT NULL DEFAULT 'forward',  -- of that step
     payload       jsonb NOT NULL,
-    outputs       jsonb NOT NULL DEFAULT '{}',      -- step name -> output of its forward run
     deadline      timestamptz,
     cancel_reason text,                              -- set by saga_cancel / a deadline
     created_at    timestamptz NOT NULL DEFAULT now(),
@@ -48,8 +47,9 @@ CREATE TABLE apicore.saga (
     finished_at   timestamptz,                       -- completed, compensated or cancelled: retention counts from here
     FOREIGN KEY (definition, version) REFERENCES apicore.saga_definition
 ) WITH (fillfactor = 80);
--- No index covers the columns a step report changes (position, outputs,
+-- No index covers the columns a step report changes (position, direction,
 -- updated_at), so those updates stay HOT; fillfactor leaves them room.
+-- Outputs are not stored here: each is in its step row (saga_step.output).
 CREATE INDEX saga_deadline ON apicore.saga (deadline) WHERE state = 'running' AND deadline IS NOT NULL;
 CREATE INDEX saga_finished ON apicore.saga (finished_at) WHERE finished_at IS NOT NULL;
 COMMENT ON TABLE apicore.saga IS 'one row per saga; use the views apicore.sagas and apicore.saga_dead_letter';
