@@ -35,8 +35,10 @@ CREATE TABLE apicore.saga (
     id            uuid PRIMARY KEY,
     definition    text NOT NULL,
     version       int NOT NULL,
-    state         text NOT NULL DEFAULT 'running'
-                  CHECK (state IN ('running', 'compensating', 'completed', 'compensated', 'failed', 'cancelled')),
+    -- running | compensating | completed | compensated | failed | cancelled.
+    -- No CHECK constraints on the saga tables: PostgreSQL parses them again
+    -- for every statement that writes a row, and only saga.c writes here.
+    state         text NOT NULL DEFAULT 'running',
     position      int NOT NULL DEFAULT 1,          -- the step the saga is at
     direction     text NOT NULL DEFAULT 'forward',  -- of that step
     payload       jsonb NOT NULL,
@@ -59,13 +61,12 @@ COMMENT ON TABLE apicore.saga IS 'one row per saga; use the views apicore.sagas 
 CREATE TABLE apicore.saga_step (
     saga             uuid NOT NULL,   -- apicore.saga(id); no foreign key: its check would cost a query per step, and only retention deletes sagas
     position         int NOT NULL,
-    direction        text NOT NULL CHECK (direction IN ('forward', 'compensate')),
+    direction        text NOT NULL,   -- forward | compensate
     step             text NOT NULL,
     action           text NOT NULL,   -- what a worker runs: the step, or its compensate name
     definition       text NOT NULL,   -- copied for saga_claim's filter
     function         regprocedure,    -- set: a local step, run by apicore
-    state            text NOT NULL DEFAULT 'runnable'
-                     CHECK (state IN ('runnable', 'claimed', 'succeeded', 'failed', 'cancelled')),
+    state            text NOT NULL DEFAULT 'runnable',  -- runnable | claimed | succeeded | failed | cancelled
     attempt          int NOT NULL DEFAULT 0,
     max_attempts     int NOT NULL,
     timeout          interval NOT NULL,
