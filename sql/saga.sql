@@ -82,9 +82,9 @@ SELECT step, attempt FROM apicore.saga_claim('w');
 SELECT apicore.saga_step_succeeded('00000000-0000-0000-0000-00000000000b', 'reserve_stock', 1);
 SELECT step, attempt FROM apicore.saga_claim('w');
 SELECT apicore.saga_step_failed('00000000-0000-0000-0000-00000000000b', 'charge_card', 1, 'card declined (try again)');
--- backoff: 10ms * 2^0 with jitter, so between 5ms and 10ms from now; not claimable yet
+-- backoff: 10ms * 2^0 with jitter, so run_after is 5ms to 10ms after the report
 SELECT state, attempt, last_error,
-       run_after > now() AND run_after <= now() + interval '10 milliseconds' AS backing_off
+       run_after - updated_at BETWEEN interval '5 milliseconds' AND interval '10 milliseconds' AS backing_off
   FROM apicore.saga_step WHERE saga = '00000000-0000-0000-0000-00000000000b' AND step = 'charge_card';
 UPDATE apicore.saga_step SET run_after = now() - interval '1 second'
  WHERE saga = '00000000-0000-0000-0000-00000000000b' AND state = 'runnable';
