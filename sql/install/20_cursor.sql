@@ -45,3 +45,12 @@ CREATE FUNCTION apicore.keyset_page(relation regclass, order_by text,
     AS 'MODULE_PATHNAME', 'apicore_keyset_page';
 COMMENT ON FUNCTION apicore.keyset_page(regclass, text, text, int, jsonb) IS
     'one page of relation in order_by order after (or before) cursor: {"data", "has_more", "next_cursor", "prev_cursor"}';
+
+CREATE FUNCTION apicore.keyset_page_explain(relation regclass, order_by text,
+                                            cursor text DEFAULT NULL, page_size int DEFAULT NULL,
+                                            filter jsonb DEFAULT NULL)
+    RETURNS text[]
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_keyset_page_explain';
+COMMENT ON FUNCTION apicore.keyset_page_explain(regclass, text, text, int, jsonb) IS
+    'the plan (EXPLAIN, costs off) of the query keyset_page runs for these arguments: check that an index is used';
