@@ -22,12 +22,14 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 
 #include "apicore.h"
@@ -157,8 +159,7 @@ LoadKeys(void)
 
 /*
  * Insert a new random key, as the table's owner.  `sql` decides its id; the
- * relcache invalidation tells every backend (and, through WAL, standbys) to
- * reload, and on abort resets this backend's copy too.
+ * table's trigger tells every backend to reload.
  */
 static void
 InsertKey(const char *sql)
@@ -184,8 +185,7 @@ InsertKey(const char *sql)
 	RunAsKeyOwner(sql, 1, argtypes, args);
 	SPI_finish();
 	sodium_memzero(VARDATA(value), CURSOR_KEY_BYTES);
-	CacheInvalidateRelcacheByRelid(key_cache.table);
-	CommandCounterIncrement();
+	CommandCounterIncrement();	/* runs our own invalidation (trigger below) */
 	ForgetKeys();
 }
 
@@ -251,4 +251,23 @@ CryptoRotateCursorKey(void)
 			  "SELECT coalesce(max(key_id), 0) + 1, $1 FROM apicore.cursor_key");
 	LoadKeys();
 	return key_cache.keys[key_cache.nkeys - 1].key_id;
+}
+
+/*
+ * Statement trigger on apicore.cursor_key: any change (a new key, a retired
+ * one) sends a relcache invalidation at commit, which every backend, and
+ * through WAL every hot standby, turns into a reload of its key copy.  On
+ * abort it resets this backend's copy.
+ */
+PG_FUNCTION_INFO_V1(apicore_cursor_key_changed);
+
+Datum
+apicore_cursor_key_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigger = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "apicore: cursor_key_changed must be called as a trigger");
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigger->tg_relation));
+	return PointerGetDatum(NULL);
 }

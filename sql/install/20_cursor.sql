@@ -15,6 +15,15 @@ COMMENT ON TABLE apicore.cursor_key IS
 REVOKE ALL ON apicore.cursor_key FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('apicore.cursor_key', '');
 
+-- Every backend caches the keys; any change to the table tells them to reload.
+CREATE FUNCTION apicore._cursor_key_changed() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'apicore_cursor_key_changed';
+REVOKE ALL ON FUNCTION apicore._cursor_key_changed() FROM PUBLIC;
+CREATE TRIGGER cursor_key_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apicore.cursor_key
+    FOR EACH STATEMENT EXECUTE FUNCTION apicore._cursor_key_changed();
+
 CREATE FUNCTION apicore.cursor_encode("position" record, context text DEFAULT NULL,
                                       ttl interval DEFAULT NULL)
     RETURNS text
