@@ -2,6 +2,9 @@
 -- type checks, keys.  Cursors are random, so outputs show lengths and
 -- outcomes, never cursor text.
 
+-- the test role may be named like the apicore schema ("$user"): be explicit
+SET search_path = public;
+
 -- a small helper: the SQLSTATE a statement raises, or 'ok'
 CREATE FUNCTION sqlstate_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
