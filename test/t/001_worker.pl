@@ -1,0 +1,108 @@
+# The maintenance worker: runs every interval, skips a database without the
+# extension and one that does not exist without stopping the others, reloads
+# on SIGHUP, comes back after kill -9, and stops cleanly.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('worker');
+$node->init;
+$node->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'apicore'
+apicore.database = 'postgres, noext, missing_db'
+apicore.maintenance_interval = '500ms'
+restart_after_crash = on
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE DATABASE noext');
+$node->safe_psql('postgres', q{
+CREATE EXTENSION apicore;
+CREATE TABLE ticks (at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION tick() RETURNS text LANGUAGE sql
+  AS $$ INSERT INTO ticks DEFAULT VALUES; SELECT 'ticked' $$;
+INSERT INTO apicore.maintenance_task VALUES ('tick', 'tick', 1);
+});
+
+ok($node->poll_query_until('postgres', 'SELECT count(*) >= 3 FROM ticks'),
+	'the worker runs registered tasks every interval');
+
+ok($node->poll_query_until('postgres', q{
+	SELECT last_error LIKE '%not installed%' FROM apicore.maintenance_workers WHERE database = 'noext'}),
+	'a database without the extension is reported, not fatal');
+ok($node->wait_for_log(qr/maintenance worker for database "missing_db" stopped/),
+	'a database that does not exist is logged with the setting to change');
+my $rounds = $node->safe_psql('postgres',
+	"SELECT rounds FROM apicore.maintenance_workers WHERE database = 'postgres'");
+ok($node->poll_query_until('postgres',
+	"SELECT rounds > $rounds FROM apicore.maintenance_workers WHERE database = 'postgres'"),
+	'the postgres worker keeps running while missing_db fails');
+
+# the extension arrives in noext: the worker picks it up without a restart
+$node->safe_psql('noext', 'CREATE EXTENSION apicore');
+ok($node->poll_query_until('postgres', q{
+	SELECT last_error IS NULL FROM apicore.maintenance_workers WHERE database = 'noext'}),
+	'a database gets maintenance once the extension is created');
+
+# a failing task is logged; the others keep running
+$node->safe_psql('postgres', q{
+CREATE FUNCTION broken() RETURNS text LANGUAGE plpgsql
+  AS $$ BEGIN RAISE EXCEPTION 'broken task'; END $$;
+INSERT INTO apicore.maintenance_task VALUES ('broken', 'broken', 0);
+});
+ok($node->wait_for_log(qr/maintenance task broken failed in database "postgres": broken task/),
+	'a failing task is logged');
+my $ticks = $node->safe_psql('postgres', 'SELECT count(*) FROM ticks');
+ok($node->poll_query_until('postgres', "SELECT count(*) > $ticks FROM ticks"),
+	'tasks after a failing task still run');
+$node->safe_psql('postgres', "DELETE FROM apicore.maintenance_task WHERE task = 'broken'");
+
+# SIGHUP: a longer interval is picked up
+$node->append_conf('postgresql.conf', "apicore.maintenance_interval = '1h'");
+$node->reload;
+sleep 2;    # let the reload reach the worker and finish the round in flight
+$ticks = $node->safe_psql('postgres', 'SELECT count(*) FROM ticks');
+sleep 3;
+is($node->safe_psql('postgres', 'SELECT count(*) FROM ticks'), $ticks,
+	'after reload with a 1h interval no further round runs');
+$node->append_conf('postgresql.conf', "apicore.maintenance_interval = '500ms'");
+$node->reload;
+
+# kill -9 of the worker: the server recovers and the worker comes back
+my $pid = $node->safe_psql('postgres',
+	"SELECT pid FROM apicore.maintenance_workers WHERE database = 'postgres'");
+ok($pid > 0, 'worker pid is known');
+kill 'KILL', $pid;
+ok($node->poll_query_until('postgres', qq{
+	SELECT pid <> $pid AND rounds > 0 FROM apicore.maintenance_workers WHERE database = 'postgres'}),
+	'the worker comes back after kill -9 and runs again');
+$ticks = $node->safe_psql('postgres', 'SELECT count(*) FROM ticks');
+ok($node->poll_query_until('postgres', "SELECT count(*) > $ticks FROM ticks"),
+	'tasks run again after the crash');
+
+# clean shutdown: no errors other than the ones provoked above
+my $log_offset = -s $node->logfile;
+$node->stop('fast');
+my $tail = slurp_file($node->logfile, $log_offset);
+unlike($tail, qr/PANIC|server process .* was terminated by signal/, 'clean stop');
+like($tail, qr/database system is shut down/, 'server shut down');
+
+# Without shared_preload_libraries: the extension works, the worker view says what to change.
+my $plain = PostgreSQL::Test::Cluster->new('plain');
+$plain->init;
+$plain->start;
+$plain->safe_psql('postgres', 'CREATE EXTENSION apicore');
+is($plain->safe_psql('postgres', 'SELECT apicore.version() IS NOT NULL'), 't',
+	'version() works without preload');
+my ($ret, $out, $err) = $plain->psql('postgres', 'SELECT * FROM apicore.maintenance_workers');
+isnt($ret, 0, 'maintenance_workers fails without preload');
+like($err, qr/needs apicore loaded at server start/, 'error says why');
+like($err, qr/shared_preload_libraries/, 'hint names the setting');
+is($plain->safe_psql('postgres', q{
+	SELECT count(*) = (SELECT count(*) FROM apicore.maintenance_task)
+	  FROM apicore.run_maintenance() WHERE detail NOT LIKE 'failed:%'}), 't',
+	'run_maintenance runs every task without preload');
+$plain->stop;
+
+done_testing();
