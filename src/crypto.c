@@ -227,6 +227,13 @@ CryptoFindCursorKey(uint32 key_id, uint8 key[CURSOR_KEY_BYTES])
 	if (!key_cache.loaded)
 		LoadKeys();
 	found = FindKey(key_id);
+	if (found == NULL && (key_cache.nkeys == 0 ||
+						  key_id > key_cache.keys[key_cache.nkeys - 1].key_id))
+	{
+		/* a newer key whose invalidation has not reached us yet */
+		LoadKeys();
+		found = FindKey(key_id);
+	}
 	if (found == NULL && key_cache.nkeys == 0 && RecoveryInProgress())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
