@@ -15,6 +15,7 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "libpq/pqformat.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/hsearch.h"
@@ -77,15 +78,75 @@ LookupTypeIO(Oid type)
 	return io;
 }
 
-/* A checksum of the column types: cheap, and part of the sealed payload. */
+/*
+ * A checksum of the column types, sealed into the payload.  A call site
+ * encodes and decodes the same types over and over: remember the last list.
+ */
 static uint16
 TypeHint(int nvalues, const Oid *types)
 {
+	static Oid	last_types[64];
+	static int	last_n = -1;
+	static uint16 last_hint;
 	uint8		digest[crypto_generichash_BYTES_MIN];
 
+	if (nvalues == last_n && memcmp(types, last_types, sizeof(Oid) * nvalues) == 0)
+		return last_hint;
 	crypto_generichash(digest, sizeof(digest), (const unsigned char *) types,
 					   sizeof(Oid) * nvalues, NULL, 0);
-	return (uint16) ((digest[0] << 8) | digest[1]);
+	last_hint = (uint16) ((digest[0] << 8) | digest[1]);
+	last_n = -1;
+	if (nvalues <= lengthof(last_types))
+	{
+		memcpy(last_types, types, sizeof(Oid) * nvalues);
+		last_n = nvalues;
+	}
+	return last_hint;
+}
+
+/* The context's digest; the last context is remembered, as with types. */
+static const CursorContext *
+ContextDigest(const char *context, size_t context_len)
+{
+	static CursorContext digest;
+	static char last[256];
+	static ssize_t last_len = -2;	/* -1: no context */
+	ssize_t		len = context ? (ssize_t) context_len : -1;
+
+	if (len == last_len && (len <= 0 || memcmp(context, last, len) == 0))
+		return &digest;
+	cursor_context_init(&digest, context, context_len);
+	last_len = -2;
+	if (len < (ssize_t) sizeof(last))
+	{
+		if (len > 0)
+			memcpy(last, context, len);
+		last_len = len;
+	}
+	return &digest;
+}
+
+/*
+ * A fresh random nonce.  Taken from a per-process buffer of OS randomness,
+ * refilled when empty, so that encoding does not pay a getrandom() call per
+ * cursor; a forked process never reuses its parent's buffer.
+ */
+static void
+NextNonce(uint8 nonce[CURSOR_NONCE_BYTES])
+{
+	static uint8 pool[CURSOR_NONCE_BYTES * 128];
+	static size_t used = sizeof(pool);
+	static int	owner = 0;
+
+	if (used == sizeof(pool) || owner != MyProcPid)
+	{
+		randombytes_buf(pool, sizeof(pool));
+		used = 0;
+		owner = MyProcPid;
+	}
+	memcpy(nonce, pool + used, CURSOR_NONCE_BYTES);
+	sodium_memzero(pool + used, CURSOR_NONCE_BYTES);
+	used += CURSOR_NONCE_BYTES;
 }
 
 static void
@@ -118,6 +179,7 @@ CursorEncodeValues(int nvalues, const Oid *types, const Datum *values,
 	StringInfoData payload;
 	uint8		key[CURSOR_KEY_BYTES];
 	uint8	   *bin;
+	uint8		nonce[CURSOR_NONCE_BYTES];
 	uint32		key_id;
 	size_t		chars;
 	text	   *result;
@@ -146,8 +208,9 @@ CursorEncodeValues(int nvalues, const Oid *types, const Datum *values,
 	key_id = CryptoCurrentCursorKey(key);
 	chars = cursor_sealed_chars(key_id, payload.len);
 	result = palloc(VARHDRSZ + chars + 1);
-	bin = palloc(CURSOR_MAX_BIN);
-	cursor_seal(key, key_id, expiry != 0, context, context_len,
+	bin = palloc(chars);		/* more than the binary form needs */
+	NextNonce(nonce);
+	cursor_seal(key, key_id, expiry != 0, ContextDigest(context, context_len), nonce,
 				(const uint8 *) payload.data, payload.len, bin,
 				VARDATA(result), chars + 1);
 	sodium_memzero(key, sizeof(key));
@@ -175,13 +238,14 @@ static uint8 *
 OpenCursor(const char *cursor, size_t cursor_len, const char *context,
 		   size_t context_len, CursorHeader *header, size_t *payload_len)
 {
-	uint8	   *bin = palloc(CURSOR_MAX_BIN);
-	uint8	   *payload = palloc(CURSOR_MAX_BIN);
+	/* the binary form is shorter than its base64 text */
+	uint8	   *bin = palloc(Min(cursor_len, CURSOR_MAX_BIN) + 1);
+	uint8	   *payload = palloc(Min(cursor_len, CURSOR_MAX_BIN) + 1);
 	uint8		key[CURSOR_KEY_BYTES];
 	size_t		bin_len;
 	CursorStatus status;
 
-	if (cursor_unwrap(cursor, cursor_len, bin, &bin_len) != CURSOR_OK)
+	if (cursor_unwrap(cursor, cursor_len, bin, Min(cursor_len, CURSOR_MAX_BIN) + 1, &bin_len) != CURSOR_OK)
 		InvalidCursor(cursor_len == 0 ? "The cursor is empty." :
 					  cursor_len > CURSOR_MAX_CHARS ? "The cursor is longer than any apicore cursor." :
 					  "The cursor is not URL-safe base64.");
@@ -189,7 +253,7 @@ OpenCursor(const char *cursor, size_t cursor_len, const char *context,
 		InvalidCursor("The cursor is truncated or not an apicore cursor.");
 	if (!CryptoFindCursorKey(header->key_id, key))
 		InvalidCursor("The cursor was sealed with a key this database does not have.");
-	status = cursor_open(key, header, bin, bin_len, context, context_len,
+	status = cursor_open(key, header, bin, bin_len, ContextDigest(context, context_len),
 						 payload, payload_len);
 	sodium_memzero(key, sizeof(key));
 	pfree(bin);

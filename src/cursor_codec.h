@@ -16,8 +16,8 @@
  *            realistic number of cursors per key)
  *   sealed   ciphertext of the payload + 16-byte Poly1305 tag
  *
- * The associated data is the header followed by BLAKE2b-256 of the context
- * (or a marker for "no context"), so a cursor only opens under the context it
+ * The associated data is the header followed by a marker and BLAKE2b-256 of
+ * the context, so a cursor only opens under the context it
  * was minted for, and the header cannot be altered.
  *
  * The payload, once opened:
@@ -175,24 +175,37 @@ cursor_header_parse(const uint8_t *bin, size_t len, CursorHeader *h)
 }
 
 /*
- * Associated data: the header, then a marker and BLAKE2b-256 of the context.
- * Hashing keeps the buffer fixed-size whatever the context's length; "no
- * context" (NULL) and the empty string are different contexts.
+ * What a cursor is bound to: BLAKE2b-256 of the context, or "no context"
+ * (NULL), which differs from the empty string.  Hashing keeps the associated
+ * data small whatever the context's length, and lets callers reuse it.
  */
+typedef struct CursorContext
+{
+	bool		present;
+	uint8_t		digest[crypto_generichash_BYTES];
+} CursorContext;
+
+static inline void
+cursor_context_init(CursorContext *c, const char *context, size_t context_len)
+{
+	c->present = (context != NULL);
+	memset(c->digest, 0, sizeof(c->digest));
+	if (c->present)
+		crypto_generichash(c->digest, sizeof(c->digest),
+						   (const unsigned char *) context, context_len, NULL, 0);
+}
+
+/* Associated data: the header, then the context's marker and digest. */
 static inline size_t
 cursor_ad_build(uint8_t *ad, const uint8_t *header, size_t header_len,
-				const char *context, size_t context_len)
+				const CursorContext *context)
 {
 	memcpy(ad, header, header_len);
-	if (context == NULL)
-	{
-		ad[header_len] = 0;
+	ad[header_len] = context->present ? 1 : 0;
+	if (!context->present)
 		return header_len + 1;
-	}
-	ad[header_len] = 1;
-	crypto_generichash(ad + header_len + 1, crypto_generichash_BYTES,
-					   (const unsigned char *) context, context_len, NULL, 0);
-	return header_len + 1 + crypto_generichash_BYTES;
+	memcpy(ad + header_len + 1, context->digest, sizeof(context->digest));
+	return header_len + 1 + sizeof(context->digest);
 }
 
 #define CURSOR_AD_MAX (CURSOR_MAX_HEADER + 1 + crypto_generichash_BYTES)
@@ -209,22 +222,23 @@ cursor_sealed_chars(uint32_t key_id, size_t payload_len)
 }
 
 /*
- * Seal a payload into NUL-terminated base64 text.  `out` must hold
- * cursor_sealed_chars() + 1 bytes; `bin` is scratch of CURSOR_MAX_BIN bytes.
+ * Seal a payload into NUL-terminated base64 text under a fresh random
+ * `nonce`.  `out` must hold cursor_sealed_chars() + 1 bytes; `bin` is scratch
+ * of CURSOR_MAX_BIN bytes.
  */
 static inline void
 cursor_seal(const uint8_t key[CURSOR_KEY_BYTES], uint32_t key_id, bool has_expiry,
-			const char *context, size_t context_len,
+			const CursorContext *context, const uint8_t nonce_in[CURSOR_NONCE_BYTES],
 			const uint8_t *payload, size_t payload_len,
 			uint8_t *bin, char *out, size_t out_size)
 {
 	uint8_t		ad[CURSOR_AD_MAX];
 	size_t		hlen = cursor_header_put(bin, key_id, has_expiry);
-	size_t		adlen = cursor_ad_build(ad, bin, hlen, context, context_len);
+	size_t		adlen = cursor_ad_build(ad, bin, hlen, context);
 	uint8_t    *nonce = bin + hlen;
 	unsigned long long sealed_len;
 
-	randombytes_buf(nonce, CURSOR_NONCE_BYTES);
+	memcpy(nonce, nonce_in, CURSOR_NONCE_BYTES);
 	crypto_aead_xchacha20poly1305_ietf_encrypt(nonce + CURSOR_NONCE_BYTES, &sealed_len,
 											   payload, payload_len, ad, adlen,
 											   NULL, nonce, key);
@@ -232,15 +246,16 @@ cursor_seal(const uint8_t key[CURSOR_KEY_BYTES], uint32_t key_id, bool has_expir
 					  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 }
 
-/* Base64 text to bytes; bin must hold CURSOR_MAX_BIN bytes. */
+/* Base64 text to bytes; bin holds bin_size bytes (text_len is enough). */
 static inline CursorStatus
-cursor_unwrap(const char *text, size_t text_len, uint8_t *bin, size_t *bin_len)
+cursor_unwrap(const char *text, size_t text_len, uint8_t *bin, size_t bin_size,
+			  size_t *bin_len)
 {
 	const char *end;
 
 	if (text_len == 0 || text_len > CURSOR_MAX_CHARS)
 		return CURSOR_BAD_ENCODING;
-	if (sodium_base642bin(bin, CURSOR_MAX_BIN, text, text_len, NULL, bin_len, &end,
+	if (sodium_base642bin(bin, bin_size, text, text_len, NULL, bin_len, &end,
 						  sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
 		end != text + text_len)
 		return CURSOR_BAD_ENCODING;
@@ -253,12 +268,11 @@ cursor_unwrap(const char *text, size_t text_len, uint8_t *bin, size_t *bin_len)
  */
 static inline CursorStatus
 cursor_open(const uint8_t key[CURSOR_KEY_BYTES], const CursorHeader *h,
-			const uint8_t *bin, size_t bin_len,
-			const char *context, size_t context_len,
+			const uint8_t *bin, size_t bin_len, const CursorContext *context,
 			uint8_t *payload, size_t *payload_len)
 {
 	uint8_t		ad[CURSOR_AD_MAX];
-	size_t		adlen = cursor_ad_build(ad, bin, h->len, context, context_len);
+	size_t		adlen = cursor_ad_build(ad, bin, h->len, context);
 	const uint8_t *nonce = bin + h->len;
 	const uint8_t *sealed = nonce + CURSOR_NONCE_BYTES;
 	unsigned long long opened_len;

@@ -16,7 +16,8 @@
 #define MAX_VALUES 64
 
 static uint8_t fuzz_key[CURSOR_KEY_BYTES];
-static const char context[] = "orders";
+static CursorContext context;
+static CursorContext no_context;
 
 int			LLVMFuzzerInitialize(int *argc, char ***argv);
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -27,6 +28,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (sodium_init() < 0)
 		abort();
 	memset(fuzz_key, 0x42, sizeof(fuzz_key));
+	cursor_context_init(&context, "orders", 6);
+	cursor_context_init(&no_context, NULL, 0);
 	return 0;
 }
 
@@ -58,12 +61,11 @@ DecodeText(const uint8_t *data, size_t size)
 	size_t		payload_len;
 	CursorHeader h;
 
-	if (cursor_unwrap((const char *) data, size, bin, &bin_len) != CURSOR_OK)
+	if (cursor_unwrap((const char *) data, size, bin, sizeof(bin), &bin_len) != CURSOR_OK)
 		return;
 	if (cursor_header_parse(bin, bin_len, &h) != CURSOR_OK)
 		return;
-	if (cursor_open(fuzz_key, &h, bin, bin_len, context, strlen(context),
-					payload, &payload_len) != CURSOR_OK)
+	if (cursor_open(fuzz_key, &h, bin, bin_len, &context, payload, &payload_len) != CURSOR_OK)
 		return;
 	ParsePayload(payload, payload_len, h.has_expiry);
 }
@@ -80,24 +82,25 @@ RoundTrip(const uint8_t *data, size_t size)
 				bin_len,
 				opened_len;
 	CursorHeader h;
+	uint8_t		nonce[CURSOR_NONCE_BYTES];
 
 	if (size > CURSOR_MAX_PAYLOAD)
 		return;
 	chars = cursor_sealed_chars(key_id, size);
 	if (chars > CURSOR_MAX_CHARS)
 		abort();			/* every payload we accept must fit a cursor */
-	cursor_seal(fuzz_key, key_id, false, context, strlen(context), data, size,
+	randombytes_buf(nonce, sizeof(nonce));
+	cursor_seal(fuzz_key, key_id, false, &context, nonce, data, size,
 				bin, text, sizeof(text));
 	if (strlen(text) != chars ||
-		cursor_unwrap(text, chars, bin, &bin_len) != CURSOR_OK ||
+		cursor_unwrap(text, chars, bin, sizeof(bin), &bin_len) != CURSOR_OK ||
 		cursor_header_parse(bin, bin_len, &h) != CURSOR_OK ||
 		h.key_id != key_id ||
-		cursor_open(fuzz_key, &h, bin, bin_len, context, strlen(context),
-					opened, &opened_len) != CURSOR_OK ||
+		cursor_open(fuzz_key, &h, bin, bin_len, &context, opened, &opened_len) != CURSOR_OK ||
 		opened_len != size || memcmp(opened, data, size) != 0)
 		abort();
 	/* another context must not open it */
-	if (cursor_open(fuzz_key, &h, bin, bin_len, NULL, 0, opened, &opened_len) == CURSOR_OK)
+	if (cursor_open(fuzz_key, &h, bin, bin_len, &no_context, opened, &opened_len) == CURSOR_OK)
 		abort();
 }
 
