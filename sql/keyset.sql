@@ -186,7 +186,7 @@ SELECT apicore.keyset_page('ks_items', 'id', apicore.cursor_encode(ROW(5::bigint
 -- tampered and garbage cursors
 SELECT apicore.keyset_page('ks_items', 'a, b', 'garbage', 5, '{"status": "paid"}');
 SELECT apicore.keyset_page('ks_items', 'a, b', '', 5, '{"status": "paid"}');
-SELECT apicore.keyset_page('ks_items', 'a, b', left(:'c', -1), 5, '{"status": "paid"}');
+SELECT sqlstate_of(format('SELECT apicore.keyset_page(%L, %L, %L, 5, %L)', 'ks_items', 'a, b', left(:'c', -1), '{"status": "paid"}')) AS truncated;
 
 -- order_by is parsed, never interpolated: 42601 / 42703 / 42883
 SELECT apicore.keyset_page('ks_items', 'id; DROP TABLE ks_items');
