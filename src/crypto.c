@@ -31,6 +31,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "apicore.h"
 #include "cursor.h"
@@ -45,6 +46,7 @@ typedef struct CursorKey
 static struct
 {
 	bool		loaded;
+	TimestampTz loaded_at;
 	Oid			table;
 	int			nkeys;
 	CursorKey  *keys;			/* ascending key_id; the last is current */
@@ -155,6 +157,7 @@ LoadKeys(void)
 	key_cache.nkeys = (int) SPI_processed;
 	SPI_finish();
 	key_cache.loaded = true;
+	key_cache.loaded_at = GetCurrentTimestamp();
 }
 
 /*
@@ -228,9 +231,13 @@ CryptoFindCursorKey(uint32 key_id, uint8 key[CURSOR_KEY_BYTES])
 		LoadKeys();
 	found = FindKey(key_id);
 	if (found == NULL && (key_cache.nkeys == 0 ||
-						  key_id > key_cache.keys[key_cache.nkeys - 1].key_id))
+						  key_id > key_cache.keys[key_cache.nkeys - 1].key_id) &&
+		TimestampDifferenceExceeds(key_cache.loaded_at, GetCurrentTimestamp(), 1000))
 	{
-		/* a newer key whose invalidation has not reached us yet */
+		/*
+		 * A newer key whose invalidation has not reached us yet.  At most
+		 * once a second, so forged key ids cannot make every request reload.
+		 */
 		LoadKeys();
 		found = FindKey(key_id);
 	}

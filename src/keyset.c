@@ -45,7 +45,7 @@ PG_FUNCTION_INFO_V1(apicore_keyset_page);
 PG_FUNCTION_INFO_V1(apicore_keyset_page_explain);
 
 #define KEYSET_MAX_KEYS		INDEX_MAX_KEYS
-#define KEYSET_MAX_PARAMS	(1 + 2 * 1600 + 2 * KEYSET_MAX_KEYS)
+#define KEYSET_MAX_PARAMS	(2 * 1600 + KEYSET_MAX_KEYS)
 #define KEYSET_MAX_PLANS	256
 
 static int	default_page_size = 20;
@@ -74,6 +74,7 @@ typedef struct PageQuery
 	SortKey		keys[KEYSET_MAX_KEYS];
 	StringInfoData where;		/* filter conditions, each starting " AND " */
 	StringInfoData context;		/* what the cursors are bound to */
+	int			limit;
 	int			nparams;
 	Oid			param_types[KEYSET_MAX_PARAMS];
 	Datum		params[KEYSET_MAX_PARAMS];
@@ -724,7 +725,10 @@ AppendOrderBy(StringInfo sql, PageQuery *q, bool backward)
 	}
 }
 
-/* $1 is the row limit; filter and position parameters follow. */
+/*
+ * The limit is written into the text, so that the plan cache can settle on
+ * one generic plan per page size instead of planning every call.
+ */
 static char *
 BuildQuery(PageQuery *q, bool backward, const Datum *position, const bool *position_nulls)
 {
@@ -744,7 +748,7 @@ BuildQuery(PageQuery *q, bool backward, const Datum *position, const bool *posit
 	if (position != NULL)
 		AppendKeysetCondition(&sql, q, backward, position, position_nulls);
 	AppendOrderBy(&sql, q, backward);
-	appendStringInfoString(&sql, " LIMIT $1");
+	appendStringInfo(&sql, " LIMIT %d", q->limit);
 	return sql.data;
 }
 
@@ -991,7 +995,7 @@ PreparePage(FunctionCallInfo fcinfo, PageQuery *q, int *page_size, bool *backwar
 	MakeSortUnique(q, order_by);
 	InitContext(q);
 	initStringInfo(&q->where);
-	AddParam(q, INT8OID, Int64GetDatum((int64) *page_size + 1), false);
+	q->limit = *page_size + 1;	/* one more row tells has_more */
 	if (!PG_ARGISNULL(4))
 		ParseFilter(q, PG_GETARG_JSONB_P(4));
 	else
