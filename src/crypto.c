@@ -109,7 +109,9 @@ KeyTableOwner(void)
 /*
  * Run one key query as the key table's owner.  Security-restricted, like a
  * SECURITY DEFINER function, so nothing the caller set up can run as the
- * owner.  An error unwinds the user switch with the (sub)transaction.
+ * owner.  The caller's search_path still applies, so the queries name
+ * pg_catalog's functions and operators explicitly.  An error unwinds the user
+ * switch with the (sub)transaction.
  */
 static void
 RunAsKeyOwner(const char *sql, int nargs, Oid *argtypes, Datum *args)
@@ -262,7 +264,8 @@ CryptoRotateCursorKey(void)
 				  0, NULL, NULL);
 	SPI_finish();
 	InsertKey("INSERT INTO apicore.cursor_key (key_id, key) "
-			  "SELECT coalesce(max(key_id), 0) + 1, $1 FROM apicore.cursor_key");
+			  "SELECT coalesce(pg_catalog.max(key_id), 0) OPERATOR(pg_catalog.+) 1, $1 "
+			  "FROM apicore.cursor_key");
 	LoadKeys();
 	return key_cache.keys[key_cache.nkeys - 1].key_id;
 }
