@@ -104,6 +104,12 @@ is($primary->safe_psql('restored', 'SELECT count(*) FROM apicore.cursor_key'), '
 is($primary->safe_psql('restored', sprintf($decode, $cursor)), $expected,
 	'the restored database decodes a cursor of the original');
 
+# another database has its own key 1: the cursor is foreign there
+$primary->safe_psql('postgres', 'CREATE DATABASE elsewhere');
+$primary->safe_psql('elsewhere', "CREATE EXTENSION apicore; SELECT apicore.cursor_encode(ROW(1))");
+($rc, $out, $err) = $primary->psql('elsewhere', sprintf($decode, $cursor));
+like($err, qr/ERROR:  invalid cursor/, 'another database rejects the cursor as invalid');
+
 # non-superusers cannot read keys on the replica either
 $primary->safe_psql('postgres', 'CREATE ROLE app LOGIN');
 $primary->wait_for_catchup($standby);
