@@ -24,6 +24,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS does not track header dependencies: any header change rebuilds all.
+$(OBJS): $(wildcard src/*.h)
+
 # The install script is assembled from one fragment per capability, in order.
 $(DATA_built): $(sort $(wildcard sql/install/*.sql))
 	@echo "-- apicore $(EXTVERSION): generated from sql/install/*.sql by make; edit those files" > $@
