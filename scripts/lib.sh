@@ -2,7 +2,7 @@
 #
 # drop_root SCRIPT ARGS...: PostgreSQL refuses to run as root, so when called
 # as root this installs missing Debian packages, copies the source tree to a
-# scratch directory owned by the unprivileged user "apicore" (created if
+# scratch directory owned by the unprivileged user "pgtest" (created if
 # missing) and re-runs SCRIPT there as that user.  As any other user it
 # returns and the caller carries on in place.
 drop_root() {
@@ -12,11 +12,11 @@ drop_root() {
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     rel="${script#"$root"/}"
     "$root/scripts/deps"
-    id apicore >/dev/null 2>&1 || useradd --create-home --shell /bin/bash apicore
+    id pgtest >/dev/null 2>&1 || useradd --create-home --shell /bin/bash pgtest
     work="$(mktemp -d /tmp/apicore.XXXXXX)"
     (cd "$root" && tar --exclude=./tmp_check --exclude=./.git -cf - .) | tar -xf - -C "$work"
-    chown -R apicore: "$work"
-    echo "running as user apicore in $work"
-    exec runuser -u apicore -- env BENCH_SECONDS="${BENCH_SECONDS:-}" BENCH_CLIENTS="${BENCH_CLIENTS:-}" \
+    chown -R pgtest: "$work"
+    echo "running as user pgtest in $work"
+    exec runuser -u pgtest -- env BENCH_SECONDS="${BENCH_SECONDS:-}" BENCH_CLIENTS="${BENCH_CLIENTS:-}" \
         FUZZ_SECONDS="${FUZZ_SECONDS:-}" "$work/$rel" "$@"
 }
