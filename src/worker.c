@@ -1,11 +1,14 @@
 /*
  * worker.c — the maintenance background worker and apicore.run_maintenance().
  *
- * Shape (pg_cron / pg_partman): one static launcher worker reads
- * apicore.database and keeps one dynamic worker alive per database.  Each
- * database worker wakes every apicore.maintenance_interval and runs every
+ * Shape (pg_partman's background worker): one static launcher worker reads
+ * apicore.database and, every apicore.maintenance_interval, starts one
+ * short-lived dynamic worker per database.  That worker connects, runs every
  * task listed in apicore.maintenance_task, each in its own short transaction
- * so that one failing task neither blocks nor undoes the others.
+ * so that one failing task neither blocks nor undoes the others, and exits.
+ * Between rounds nothing is connected to the database, so DROP DATABASE and
+ * CREATE DATABASE .. TEMPLATE work without FORCE, and a round that is still
+ * running is never started twice.
  *
  * Capabilities add tasks by inserting a row in their install fragment; this
  * file never needs to change for a new task.
@@ -47,7 +50,8 @@ static int	maintenance_interval_ms = 60000;
 typedef struct WorkerSlot
 {
 	char		dbname[NAMEDATALEN];	/* empty = free slot */
-	int			pid;
+	int			pid;			/* 0 between rounds */
+	bool		extension_missing;	/* last round found no extension */
 	int64		rounds;
 	int64		tasks_failed;
 	TimestampTz started_at;
@@ -70,13 +74,13 @@ typedef struct MaintenanceTask
 	Oid			function;
 } MaintenanceTask;
 
-/* The launcher's view of one database worker. */
+/* The launcher's view of one database's rounds. */
 typedef struct DatabaseWorker
 {
 	char		dbname[NAMEDATALEN];
-	BackgroundWorkerHandle *handle;
-	TimestampTz next_start;
-	bool		exit_logged;
+	BackgroundWorkerHandle *handle; /* the round in progress, or NULL */
+	TimestampTz last_start;		/* next round is due one interval later */
+	int64		rounds_at_start;	/* to tell a finished round from a failed one */
 } DatabaseWorker;
 
 PGDLLEXPORT void ApicoreLauncherMain(Datum arg);
@@ -128,7 +132,8 @@ WorkerInit(void)
 		BackgroundWorker worker;
 
 		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
+		/* connected to no database, like the logical replication launcher: visible in pg_stat_activity */
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 		worker.bgw_restart_time = 5;
 		snprintf(worker.bgw_library_name, BGW_MAXLEN, "apicore");
@@ -408,8 +413,21 @@ ReadTasksIfInstalled(MemoryContext cxt, bool *installed)
 	return tasks;
 }
 
+/* Log a missing extension once, when it goes missing, not every round. */
+static bool
+NoteExtensionMissing(WorkerSlot *slot, bool missing)
+{
+	bool		changed;
+
+	SpinLockAcquire(&worker_shared->mutex);
+	changed = slot->extension_missing != missing;
+	slot->extension_missing = missing;
+	SpinLockRelease(&worker_shared->mutex);
+	return changed;
+}
+
 static void
-RunMaintenanceRound(WorkerSlot *slot, const char *dbname, MemoryContext cxt, bool *was_installed)
+RunMaintenanceRound(WorkerSlot *slot, const char *dbname, MemoryContext cxt)
 {
 	bool		installed;
 	List	   *tasks = ReadTasksIfInstalled(cxt, &installed);
@@ -419,17 +437,16 @@ RunMaintenanceRound(WorkerSlot *slot, const char *dbname, MemoryContext cxt, boo
 
 	if (!installed)
 	{
-		if (*was_installed)
+		if (NoteExtensionMissing(slot, true))
 			ereport(LOG,
 					(errmsg("apicore: database \"%s\" has no apicore extension; maintenance waits for it",
 							dbname),
 					 errhint("Run CREATE EXTENSION apicore in \"%s\", or remove it from apicore.database.",
 							 dbname)));
-		*was_installed = false;
 		RecordRound(slot, 0, "extension apicore is not installed in this database");
 		return;
 	}
-	*was_installed = true;
+	NoteExtensionMissing(slot, false);
 
 	foreach(lc, tasks)
 	{
@@ -444,18 +461,25 @@ RunMaintenanceRound(WorkerSlot *slot, const char *dbname, MemoryContext cxt, boo
 	RecordRound(slot, failed, last_failure ? last_failure : "");
 }
 
+/* One round in one database, then exit: the launcher starts the next one. */
 void
 ApicoreDatabaseWorkerMain(Datum arg)
 {
 	char		dbname[NAMEDATALEN];
 	WorkerSlot *slot;
-	MemoryContext round_cxt;
-	bool		was_installed = true;
 
 	strlcpy(dbname, MyBgworkerEntry->bgw_extra, NAMEDATALEN);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+
+	slot = ClaimWorkerSlot(dbname);
+	if (slot == NULL)
+	{
+		ereport(LOG,
+				(errmsg("apicore: no free maintenance slot for database \"%s\"", dbname)));
+		proc_exit(1);
+	}
+	on_shmem_exit(ReleaseWorkerSlot, PointerGetDatum(slot));
 
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
 	pgstat_report_appname("apicore maintenance");
@@ -463,30 +487,25 @@ ApicoreDatabaseWorkerMain(Datum arg)
 	/* Never queue behind application locks for long: give up, retry next round. */
 	SetConfigOption("lock_timeout", "1000", PGC_SUSET, PGC_S_OVERRIDE);
 
-	slot = ClaimWorkerSlot(dbname);
-	if (slot)
-		on_shmem_exit(ReleaseWorkerSlot, PointerGetDatum(slot));
-
-	round_cxt = AllocSetContextCreate(TopMemoryContext, "apicore maintenance round",
-									  ALLOCSET_DEFAULT_SIZES);
-	for (;;)
-	{
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-		MemoryContextReset(round_cxt);
-		RunMaintenanceRound(slot, dbname, round_cxt, &was_installed);
-
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 maintenance_interval_ms, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-	}
+	RunMaintenanceRound(slot, dbname, CurrentMemoryContext);
+	proc_exit(0);
 }
 
 /* ---------- the launcher ---------- */
+
+/* Rounds completed so far in `dbname`, -1 if it never had a slot. */
+static int64
+RoundsCompleted(const char *dbname)
+{
+	int64		rounds = -1;
+
+	SpinLockAcquire(&worker_shared->mutex);
+	for (int i = 0; i < MAX_DATABASES; i++)
+		if (strcmp(worker_shared->slots[i].dbname, dbname) == 0)
+			rounds = worker_shared->slots[i].rounds;
+	SpinLockRelease(&worker_shared->mutex);
+	return rounds;
+}
 
 static bool
 StartDatabaseWorker(DatabaseWorker *dw)
@@ -504,6 +523,7 @@ StartDatabaseWorker(DatabaseWorker *dw)
 	snprintf(worker.bgw_type, BGW_MAXLEN, "apicore maintenance");
 	strlcpy(worker.bgw_extra, dw->dbname, BGW_EXTRALEN);
 
+	dw->rounds_at_start = RoundsCompleted(dw->dbname);
 	if (!RegisterDynamicBackgroundWorker(&worker, &dw->handle))
 	{
 		ereport(LOG,
@@ -512,7 +532,6 @@ StartDatabaseWorker(DatabaseWorker *dw)
 		dw->handle = NULL;
 		return false;
 	}
-	dw->exit_logged = false;
 	return true;
 }
 
@@ -552,9 +571,25 @@ SyncDatabaseList(DatabaseWorker *workers, int nworkers)
 	return nwanted;
 }
 
-/* Start workers that are missing; returns ms until the next one is due. */
+/*
+ * Notice a round that ended; say so when it ended without completing (the
+ * database does not exist, the worker crashed), since nothing else will.
+ */
+static void
+ReapFinishedRound(DatabaseWorker *dw)
+{
+	pfree(dw->handle);
+	dw->handle = NULL;
+	if (RoundsCompleted(dw->dbname) == dw->rounds_at_start)
+		ereport(LOG,
+				(errmsg("apicore: maintenance round in database \"%s\" did not complete; next attempt in %d ms",
+						dw->dbname, maintenance_interval_ms),
+				 errhint("If the database does not exist, remove it from apicore.database; earlier log lines say why.")));
+}
+
+/* Start the rounds that are due; returns ms until the next one is. */
 static long
-SuperviseDatabaseWorkers(DatabaseWorker *workers, int nworkers)
+StartDueRounds(DatabaseWorker *workers, int nworkers)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	long		wait_ms = maintenance_interval_ms;
@@ -562,26 +597,24 @@ SuperviseDatabaseWorkers(DatabaseWorker *workers, int nworkers)
 	for (int i = 0; i < nworkers; i++)
 	{
 		DatabaseWorker *dw = &workers[i];
+		TimestampTz due;
 		pid_t		pid;
 
-		if (dw->handle && GetBackgroundWorkerPid(dw->handle, &pid) != BGWH_STOPPED)
-			continue;
-		if (dw->handle && !dw->exit_logged)
+		if (dw->handle)
 		{
-			ereport(LOG,
-					(errmsg("apicore: maintenance worker for database \"%s\" stopped; starting it again in %d ms",
-							dw->dbname, maintenance_interval_ms),
-					 errhint("If the database does not exist, remove it from apicore.database.")));
-			dw->exit_logged = true;
-			dw->next_start = TimestampTzPlusMilliseconds(now, maintenance_interval_ms);
+			if (GetBackgroundWorkerPid(dw->handle, &pid) != BGWH_STOPPED)
+				continue;		/* never two rounds at once in one database */
+			ReapFinishedRound(dw);
 		}
-		if (now >= dw->next_start)
+		/* computed from the setting now, so a reload applies at once */
+		due = TimestampTzPlusMilliseconds(dw->last_start, maintenance_interval_ms);
+		if (now >= due)
 		{
 			if (StartDatabaseWorker(dw))
-				dw->next_start = TimestampTzPlusMilliseconds(now, maintenance_interval_ms);
+				dw->last_start = now;
 		}
 		else
-			wait_ms = Min(wait_ms, TimestampDifferenceMilliseconds(now, dw->next_start));
+			wait_ms = Min(wait_ms, TimestampDifferenceMilliseconds(now, due));
 	}
 	return Max(wait_ms, 10);
 }
@@ -595,6 +628,7 @@ ApicoreLauncherMain(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
 	memset(workers, 0, sizeof(workers));
 	nworkers = SyncDatabaseList(workers, 0);
@@ -609,7 +643,7 @@ ApicoreLauncherMain(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 			nworkers = SyncDatabaseList(workers, nworkers);
 		}
-		wait_ms = SuperviseDatabaseWorkers(workers, nworkers);
+		wait_ms = StartDueRounds(workers, nworkers);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

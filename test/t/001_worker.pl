@@ -31,7 +31,7 @@ ok($node->poll_query_until('postgres', 'SELECT count(*) >= 3 FROM ticks'),
 ok($node->poll_query_until('postgres', q{
 	SELECT last_error LIKE '%not installed%' FROM apicore.maintenance_workers WHERE database = 'noext'}),
 	'a database without the extension is reported, not fatal');
-ok($node->wait_for_log(qr/maintenance worker for database "missing_db" stopped/),
+ok($node->wait_for_log(qr/maintenance round in database "missing_db" did not complete/),
 	'a database that does not exist is logged with the setting to change');
 my $rounds = $node->safe_psql('postgres',
 	"SELECT rounds FROM apicore.maintenance_workers WHERE database = 'postgres'");
@@ -69,17 +69,54 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM ticks'), $ticks,
 $node->append_conf('postgresql.conf', "apicore.maintenance_interval = '500ms'");
 $node->reload;
 
-# kill -9 of the worker: the server recovers and the worker comes back
+# Between rounds nothing is connected: the database can be cloned and dropped
+# without FORCE.
+$node->safe_psql('postgres', q{
+CREATE FUNCTION pause() RETURNS text LANGUAGE sql AS $$ SELECT pg_sleep(3); SELECT 'paused' $$;
+});
+$node->safe_psql('noext', 'CREATE TABLE kept (x int)');
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = 'noext'}),
+	'between rounds no process is connected to a served database');
+# CREATE DATABASE .. TEMPLATE needs no other session in the template; a
+# round may just be starting, so allow a retry.
+my $cloned = 0;
+for (1 .. 20)
+{
+	my ($rc) = $node->psql('postgres', 'CREATE DATABASE noext_copy TEMPLATE noext');
+	if ($rc == 0) { $cloned = 1; last; }
+	sleep 0.2;
+}
+ok($cloned, 'a served database can be used as a template');
+$node->safe_psql('postgres', 'DROP DATABASE noext_copy');
+
+# kill -9 of a worker in the middle of a round: the server recovers and
+# rounds go on.
+$node->safe_psql('postgres', "INSERT INTO apicore.maintenance_task VALUES ('pause', 'pause', 2)");
+ok($node->poll_query_until('postgres', q{
+	SELECT pid IS NOT NULL FROM apicore.maintenance_workers WHERE database = 'postgres'}),
+	'a round is in progress');
 my $pid = $node->safe_psql('postgres',
 	"SELECT pid FROM apicore.maintenance_workers WHERE database = 'postgres'");
-ok($pid > 0, 'worker pid is known');
+$node->safe_psql('postgres', "DELETE FROM apicore.maintenance_task WHERE task = 'pause'");
 kill 'KILL', $pid;
+ok($node->wait_for_log(qr/\(PID $pid\) was terminated by signal 9/), 'worker was killed');
+my $ticks_before = $node->safe_psql('postgres', 'SELECT count(*) FROM ticks');
+ok($node->poll_query_until('postgres', "SELECT count(*) > $ticks_before FROM ticks"),
+	'rounds run again after the worker was killed');
+
+# kill -9 of the launcher: it comes back and rounds go on
+my $launcher = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'apicore launcher'");
+ok($launcher > 0, 'launcher pid is known');
+kill 'KILL', $launcher;
+ok($node->wait_for_log(qr/\(PID $launcher\) was terminated by signal 9/), 'launcher was killed');
 ok($node->poll_query_until('postgres', qq{
-	SELECT pid <> $pid AND rounds > 0 FROM apicore.maintenance_workers WHERE database = 'postgres'}),
-	'the worker comes back after kill -9 and runs again');
+	SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'apicore launcher' AND pid <> $launcher}),
+	'the launcher comes back');
 $ticks = $node->safe_psql('postgres', 'SELECT count(*) FROM ticks');
 ok($node->poll_query_until('postgres', "SELECT count(*) > $ticks FROM ticks"),
-	'tasks run again after the crash');
+	'tasks run again after the launcher crash');
 
 # clean shutdown: no errors other than the ones provoked above
 my $log_offset = -s $node->logfile;
