@@ -227,9 +227,10 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	 * record, not a lock and then an update), only if the step looks claimed
 	 * at $3 and the next step exists and is not local.  Then the step is
 	 * compare-and-set, the next one made runnable and both transitions
-	 * logged.  No row: nothing changed, the general path applies.  A row
-	 * whose third column is false: the step changed between the look and
-	 * the lock, so the general path raises the report's error, undoing it.
+	 * logged in one row (next_step).  No row: nothing changed, the general
+	 * path applies.  A row whose third column is false: the step changed
+	 * between the look and the lock, so the general path raises the
+	 * report's error, which undoes the move.
 	 */
 	[PLAN_FAST_SUCCEED] = {"WITH g AS ("
 		"  UPDATE apicore.saga g SET position = nd.position, direction = 'forward', updated_at = now() "
@@ -255,10 +256,9 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"    g.max_attempts, g.timeout, g.backoff, g.max_backoff FROM g, s "
 		"  RETURNING step), "
 		"l AS ("
-		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
-		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker FROM s "
-		"  UNION ALL "
-		"  SELECT $1, n.step, 'forward', NULL, NULL, 'runnable', s.worker FROM n, s) "
+		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, "
+		"    actor, next_step) "
+		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker, n.step FROM n, s) "
 		"SELECT g.name, g.definition, EXISTS (SELECT FROM n) FROM g",
 	4, {UUIDOID, TEXTOID, INT4OID, JSONBOID}},
 	[PLAN_STEP_CLAIM_ONE] = {"UPDATE apicore.saga_step SET state = 'claimed', attempt = attempt + 1, "
