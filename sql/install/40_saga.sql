@@ -28,6 +28,8 @@ CREATE TABLE apicore.saga_definition_step (
     backoff             interval NOT NULL,
     max_backoff         interval NOT NULL,
     PRIMARY KEY (definition, version, position),
+    -- a report names its step: found by this index, not by reading every step
+    UNIQUE (definition, version, name),
     FOREIGN KEY (definition, version) REFERENCES apicore.saga_definition ON DELETE CASCADE
 );
 
