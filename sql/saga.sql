@@ -268,6 +268,8 @@ SELECT apicore.saga_get('00000000-0000-0000-0000-0000000000ff');
 SELECT error_of($$UPDATE apicore.saga_transition SET reason = 'rewritten'$$);
 SELECT error_of($$DELETE FROM apicore.saga_transition$$);
 SELECT error_of($$TRUNCATE apicore.saga_transition$$);
+-- one log position per transition, also where a report stored two in one row
+SELECT count(*) > 0 AND count(*) = count(DISTINCT id) AS log_ids_unique FROM apicore.saga_log;
 
 -- ---------- retention: finished sagas go with their steps and log rows ----------
 SELECT apicore._saga_retention();

@@ -222,41 +222,44 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}},
 	/*
 	 * The common report in one statement: a running saga's forward step
-	 * succeeded and the next step is a worker's.  Lock the saga, compare-and-
-	 * set the step, make the next one runnable, record the output, log both
-	 * transitions.  It changes nothing (no row) unless all of that applies;
-	 * saga_step_succeeded then takes the general path.
+	 * succeeded and the next step is a worker's.  The saga row is locked by
+	 * the UPDATE that moves it to the next step (one row version and one WAL
+	 * record, not a lock and then an update), only if the step looks claimed
+	 * at $3 and the next step exists and is not local.  Then the step is
+	 * compare-and-set, the next one made runnable and both transitions
+	 * logged in one row (next_step).  No row: nothing changed, the general
+	 * path applies.  A row whose third column is false: the step changed
+	 * between the look and the lock, so the general path raises the
+	 * report's error, which undoes the move.
 	 */
 	[PLAN_FAST_SUCCEED] = {"WITH g AS ("
-		"  SELECT id, definition, version FROM apicore.saga "
-		"  WHERE id = $1 AND state = 'running' AND cancel_reason IS NULL FOR UPDATE), "
+		"  UPDATE apicore.saga g SET position = nd.position, direction = 'forward', updated_at = now() "
+		"  FROM apicore.saga_definition_step sd, LATERAL (SELECT * FROM apicore.saga_definition_step d "
+		"    WHERE d.definition = sd.definition AND d.version = sd.version "
+		"      AND d.position = sd.position + 1 AND d.function IS NULL OFFSET 0) nd "
+		"  WHERE g.id = $1 AND g.state = 'running' AND g.cancel_reason IS NULL "
+		"    AND sd.definition = g.definition AND sd.version = g.version AND sd.name = $2 "
+		"    AND EXISTS (SELECT FROM apicore.saga_step c WHERE c.saga = $1 AND c.position = sd.position "
+		"      AND c.direction = 'forward' AND c.state = 'claimed' AND c.attempt = $3) "
+		"  RETURNING sd.position AS done, nd.position, nd.name, nd.definition, nd.max_attempts, "
+		"    nd.timeout, nd.backoff, nd.max_backoff), "
 		"s AS ("
 		"  UPDATE apicore.saga_step st SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
 		"    updated_at = now() "
-		"  FROM g JOIN apicore.saga_definition_step sd ON sd.definition = g.definition "
-		"    AND sd.version = g.version AND sd.name = $2 "
-		"  WHERE st.saga = $1 AND st.position = sd.position AND st.direction = 'forward' "
+		"  FROM g WHERE st.saga = $1 AND st.position = g.done AND st.direction = 'forward' "
 		"    AND st.state = 'claimed' AND st.attempt = $3 "
-		"    AND EXISTS (SELECT FROM apicore.saga_definition_step d WHERE d.definition = g.definition "
-		"      AND d.version = g.version AND d.position = st.position + 1 AND d.function IS NULL) "
-		"  RETURNING st.position, st.step, st.worker, g.definition, g.version), "
+		"  RETURNING st.step, st.worker), "
 		"n AS ("
 		"  INSERT INTO apicore.saga_step (saga, position, direction, step, action, definition, "
 		"    max_attempts, timeout, backoff, max_backoff) "
-		"  SELECT $1, d.position, 'forward', d.name, d.name, d.definition, "
-		"    d.max_attempts, d.timeout, d.backoff, d.max_backoff "
-		"  FROM s JOIN apicore.saga_definition_step d ON d.definition = s.definition "
-		"    AND d.version = s.version AND d.position = s.position + 1 "
-		"  RETURNING position, step, definition), "
-		"m AS ("
-		"  UPDATE apicore.saga g2 SET position = n.position, direction = 'forward', updated_at = now() "
-		"  FROM n WHERE g2.id = $1), "
+		"  SELECT $1, g.position, 'forward', g.name, g.name, g.definition, "
+		"    g.max_attempts, g.timeout, g.backoff, g.max_backoff FROM g, s "
+		"  RETURNING step), "
 		"l AS ("
-		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
-		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker FROM s "
-		"  UNION ALL "
-		"  SELECT $1, n.step, 'forward', NULL, NULL, 'runnable', s.worker FROM n, s) "
-		"SELECT n.step, n.definition FROM n",
+		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, "
+		"    actor, next_step) "
+		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker, n.step FROM n, s) "
+		"SELECT g.name, g.definition, EXISTS (SELECT FROM n) FROM g",
 	4, {UUIDOID, TEXTOID, INT4OID, JSONBOID}},
 	[PLAN_STEP_CLAIM_ONE] = {"UPDATE apicore.saga_step SET state = 'claimed', attempt = attempt + 1, "
 		"  worker = $4, lease_expires_at = now() + timeout, updated_at = now() "
@@ -909,7 +912,7 @@ FastSucceed(FunctionCallInfo fcinfo)
 		values[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
 	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
 	SagaExec(PLAN_FAST_SUCCEED, values, nulls, false, 1);
-	if (SPI_processed == 0)
+	if (SPI_processed == 0 || !DatumGetBool(ResultValue(0, 3, NULL)))
 		return false;
 	saga.id = *PG_GETARG_UUID_P(0);
 	NotifyRunnable(&saga, ResultText(0, 2), ResultText(0, 1));

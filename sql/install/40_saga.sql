@@ -28,6 +28,8 @@ CREATE TABLE apicore.saga_definition_step (
     backoff             interval NOT NULL,
     max_backoff         interval NOT NULL,
     PRIMARY KEY (definition, version, position),
+    -- a report names its step: found by this index, not by reading every step
+    UNIQUE (definition, version, name),
     FOREIGN KEY (definition, version) REFERENCES apicore.saga_definition ON DELETE CASCADE
 );
 
@@ -100,7 +102,12 @@ CREATE TABLE apicore.saga_transition (
     to_state   text NOT NULL,
     actor      text NOT NULL,
     reason     text,
-    at         timestamptz NOT NULL DEFAULT clock_timestamp()
+    at         timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- Set: a second transition in the same row, by the same actor at the
+    -- same time: this step run (forward) became runnable.  The common report
+    -- (a step succeeded, the next one is runnable) writes one row, not two;
+    -- apicore.saga_log shows it as two.
+    next_step  text
 );
 CREATE INDEX saga_transition_saga ON apicore.saga_transition (saga, id);
 
@@ -148,9 +155,15 @@ SELECT id, definition, version, current_step, direction, attempt, last_error,
 COMMENT ON VIEW apicore.saga_dead_letter IS
     'sagas that need an operator: apicore.saga_retry(id, actor, reason) or apicore.saga_resolve(id, outcome, actor, reason)';
 
+-- A row's id is twice its saga_transition id, plus one for the transition
+-- folded into it (next_step), so that ORDER BY id is the order of events.
 CREATE VIEW apicore.saga_log AS
-SELECT id, saga, step, direction, attempt, from_state, to_state, actor, reason, at
-  FROM apicore.saga_transition;
+SELECT id * 2 AS id, saga, step, direction, attempt, from_state, to_state, actor, reason, at
+  FROM apicore.saga_transition
+UNION ALL
+SELECT id * 2 + 1, saga, next_step, 'forward', NULL, NULL, 'runnable', actor, NULL, at
+  FROM apicore.saga_transition
+ WHERE next_step IS NOT NULL;
 COMMENT ON VIEW apicore.saga_log IS 'append-only audit trail of every saga and step transition';
 
 -- ---------- functions ----------
