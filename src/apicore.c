@@ -9,10 +9,13 @@
 
 #include <sodium.h>
 
+#include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 
 #include "apicore.h"
 
@@ -99,6 +102,53 @@ ApicoreRequirePreload(const char *feature)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apicore: %s needs apicore loaded at server start", feature),
 				 errhint("Add apicore to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+void
+ApicoreRequireArg(FunctionCallInfo fcinfo, int argno, const char *prefix,
+				  const char *name, const char *hint)
+{
+	if (!PG_ARGISNULL(argno))
+		return;
+	if (hint)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s%s must not be NULL", prefix, name),
+				 errhint("%s", hint)));
+	ereport(ERROR,
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("%s%s must not be NULL", prefix, name),
+			 errhint("Pass a value for %s.", name)));
+}
+
+ErrorData *
+ApicoreTrySubtransaction(void (*body) (void *arg), void *arg)
+{
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	ResourceOwner caller_owner = CurrentResourceOwner;
+	ErrorData  *volatile failure = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller_cxt);
+	PG_TRY();
+	{
+		body(arg);
+		MemoryContextSwitchTo(caller_cxt);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(caller_cxt);
+		failure = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller_cxt);
+	CurrentResourceOwner = caller_owner;
+	if (failure && failure->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		ReThrowError(failure);
+	return failure;
 }
 
 /* apicore.version(): the version of the loaded library */

@@ -16,6 +16,8 @@
 
 #include "postgres.h"
 
+#include "fmgr.h"
+
 #ifndef APICORE_VERSION
 #define APICORE_VERSION "unknown"
 #endif
@@ -37,6 +39,21 @@ extern bool apicore_preloaded;
  * hint names the setting to change.
  */
 extern void ApicoreRequirePreload(const char *feature);
+
+/*
+ * Raise 22004 unless argument `argno` is non-NULL: "<prefix><name> must not
+ * be NULL", with `hint` (NULL: "Pass a value for <name>.").
+ */
+extern void ApicoreRequireArg(FunctionCallInfo fcinfo, int argno, const char *prefix,
+							  const char *name, const char *hint);
+
+/*
+ * Run body(arg) in a subtransaction.  On success returns NULL and keeps its
+ * work; on error rolls the subtransaction back and returns the error (in the
+ * caller's memory context), so the caller can record it and go on.  Query
+ * cancel is never swallowed: it is rethrown.
+ */
+extern ErrorData *ApicoreTrySubtransaction(void (*body) (void *arg), void *arg);
 
 /* Capability entry points (one per file). */
 extern void WorkerInit(void);

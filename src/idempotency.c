@@ -207,11 +207,7 @@ Count(Outcome outcome)
 static void
 RequireArg(FunctionCallInfo fcinfo, int argno, const char *name, const char *hint)
 {
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("idempotency %s must not be NULL", name),
-				 errhint("%s", hint)));
+	ApicoreRequireArg(fcinfo, argno, "idempotency ", name, hint);
 }
 
 static text *

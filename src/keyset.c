@@ -905,11 +905,7 @@ BuildEnvelope(PageQuery *q, int page_size, bool has_position, bool backward)
 static void
 RequireArgument(FunctionCallInfo fcinfo, int arg, const char *name, const char *hint)
 {
-	if (PG_ARGISNULL(arg))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("keyset_page: %s must not be NULL", name),
-				 errhint("%s", hint)));
+	ApicoreRequireArg(fcinfo, arg, "keyset_page: ", name, hint);
 }
 
 static int

@@ -394,11 +394,7 @@ RlHashKey(char ns, const char *prefix, const text *key, RlKey *out)
 static void
 RlRequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
 {
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("rate limit %s must not be NULL", name),
-				 errhint("Pass a value for %s.", name)));
+	ApicoreRequireArg(fcinfo, argno, "rate limit ", name, NULL);
 }
 
 /* The key argument: not NULL, not empty. */

@@ -402,11 +402,7 @@ ResultText(int row, int col)
 static void
 RequireArg(FunctionCallInfo fcinfo, int argno, const char *name, const char *hint)
 {
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("apicore: %s must not be NULL", name),
-				 errhint("%s", hint)));
+	ApicoreRequireArg(fcinfo, argno, "apicore: ", name, hint);
 }
 
 /* A required text argument of 1..MAX_NAME_LEN characters. */
@@ -558,6 +554,45 @@ SagaIsFinished(SagaRow *saga)
 
 /* ---------- local steps ---------- */
 
+/* A local step's function call, as the body of a subtransaction. */
+typedef struct LocalCall
+{
+	Oid			function;
+	Datum		payload;
+	Datum		outputs;
+	MemoryContext result_cxt;
+	Datum		output;
+	bool		output_null;
+} LocalCall;
+
+static void
+CallLocalBody(void *arg)
+{
+	LocalCall  *lc = arg;
+	LOCAL_FCINFO(call, 2);
+	FmgrInfo	flinfo;
+	Datum		result;
+	AclResult	acl = pg_proc_aclcheck(lc->function, GetUserId(), ACL_EXECUTE);
+
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(lc->function));
+	fmgr_info(lc->function, &flinfo);
+	InitFunctionCallInfoData(*call, &flinfo, flinfo.fn_nargs, InvalidOid, NULL, NULL);
+	call->args[0].value = lc->payload;
+	call->args[0].isnull = false;
+	call->args[1].value = lc->outputs;
+	call->args[1].isnull = false;
+	result = FunctionCallInvoke(call);
+	lc->output_null = call->isnull;
+	if (!call->isnull)
+	{
+		MemoryContext old = MemoryContextSwitchTo(lc->result_cxt);
+
+		lc->output = PointerGetDatum(PG_DETOAST_DATUM_COPY(result));
+		MemoryContextSwitchTo(old);
+	}
+}
+
 /*
  * Call a local step's function (payload[, outputs]) -> jsonb in a
  * subtransaction: on error its writes are undone and the error message is
@@ -567,51 +602,14 @@ SagaIsFinished(SagaRow *saga)
 static char *
 CallLocalFunction(Oid function, Datum payload, Datum outputs, Datum *output, bool *output_null)
 {
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	ResourceOwner caller_owner = CurrentResourceOwner;
-	char	   *volatile error = NULL;
+	LocalCall	call = {function, payload, outputs, CurrentMemoryContext, (Datum) 0, true};
+	ErrorData  *failure = ApicoreTrySubtransaction(CallLocalBody, &call);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(caller_cxt);
-	PG_TRY();
-	{
-		LOCAL_FCINFO(call, 2);
-		FmgrInfo	flinfo;
-		Datum		result;
-		AclResult	acl = pg_proc_aclcheck(function, GetUserId(), ACL_EXECUTE);
-
-		if (acl != ACLCHECK_OK)
-			aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(function));
-		fmgr_info(function, &flinfo);
-		InitFunctionCallInfoData(*call, &flinfo, flinfo.fn_nargs, InvalidOid, NULL, NULL);
-		call->args[0].value = payload;
-		call->args[0].isnull = false;
-		call->args[1].value = outputs;
-		call->args[1].isnull = false;
-		result = FunctionCallInvoke(call);
-		*output_null = call->isnull;
-		MemoryContextSwitchTo(caller_cxt);
-		*output = call->isnull ? (Datum) 0 : PointerGetDatum(PG_DETOAST_DATUM_COPY(result));
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(caller_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(caller_cxt);
-		CurrentResourceOwner = caller_owner;
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-			ReThrowError(edata);
-		error = psprintf("%s (SQLSTATE %s)", edata->message, unpack_sql_state(edata->sqlerrcode));
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(caller_cxt);
-	CurrentResourceOwner = caller_owner;
-	return error;
+	*output = call.output;
+	*output_null = call.output_null;
+	if (failure == NULL)
+		return NULL;
+	return psprintf("%s (SQLSTATE %s)", failure->message, unpack_sql_state(failure->sqlerrcode));
 }
 
 /* Run a claimed local step now and record its outcome. */

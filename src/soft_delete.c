@@ -375,11 +375,7 @@ RunGeneratedStatements(const char *query, Oid relid, Oid other)
 static void
 RequireArgument(FunctionCallInfo fcinfo, int argno, const char *name, const char *hint)
 {
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("apicore: %s must not be NULL", name),
-				 errhint("%s", hint)));
+	ApicoreRequireArg(fcinfo, argno, "apicore: ", name, hint);
 }
 
 static char *

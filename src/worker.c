@@ -206,6 +206,23 @@ CallMaintenanceTask(MaintenanceTask *task)
 
 /* ---------- apicore.run_maintenance() ---------- */
 
+/* A task call as the body of a subtransaction. */
+typedef struct TaskCall
+{
+	MaintenanceTask *task;
+	MemoryContext result_cxt;
+	char	   *detail;
+} TaskCall;
+
+static void
+CallTaskBody(void *arg)
+{
+	TaskCall   *call = arg;
+	char	   *detail = CallMaintenanceTask(call->task);
+
+	call->detail = MemoryContextStrdup(call->result_cxt, detail);
+}
+
 /*
  * Each task runs in a subtransaction: a failure is reported as its row's
  * detail (and a WARNING) and the other tasks still run and keep their work.
@@ -213,37 +230,14 @@ CallMaintenanceTask(MaintenanceTask *task)
 static char *
 RunTaskInSubtransaction(MaintenanceTask *task)
 {
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	ResourceOwner caller_owner = CurrentResourceOwner;
-	char	   *volatile detail;
+	TaskCall	call = {task, CurrentMemoryContext, NULL};
+	ErrorData  *failure = ApicoreTrySubtransaction(CallTaskBody, &call);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(caller_cxt);
-	PG_TRY();
-	{
-		char	   *result = CallMaintenanceTask(task);
-
-		MemoryContextSwitchTo(caller_cxt);
-		detail = pstrdup(result);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(caller_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		detail = psprintf("failed: %s", edata->message);
-		ereport(WARNING,
-				(errmsg("apicore: maintenance task %s failed: %s", task->name, edata->message)));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(caller_cxt);
-	CurrentResourceOwner = caller_owner;
-	return detail;
+	if (failure == NULL)
+		return call.detail;
+	ereport(WARNING,
+			(errmsg("apicore: maintenance task %s failed: %s", task->name, failure->message)));
+	return psprintf("failed: %s", failure->message);
 }
 
 Datum
