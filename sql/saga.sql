@@ -287,6 +287,25 @@ UPDATE apicore.saga SET state = 'compensated', finished_at = now() - interval '2
 SELECT apicore._saga_retention();
 RESET apicore.saga_retention;
 
+-- ---------- privileges: the packaged roles are all an application needs ----------
+CREATE ROLE saga_app LOGIN;
+CREATE ROLE saga_deployer LOGIN;
+GRANT apicore_saga_worker TO saga_app;
+GRANT apicore_saga_admin TO saga_deployer;
+SET ROLE saga_app;
+SELECT error_of($$SELECT apicore.saga_define('roles', '[{"name": "one"}]')$$);
+SET ROLE saga_deployer;
+SELECT apicore.saga_define('roles', '[{"name": "one"}]');
+SET ROLE saga_app;
+SELECT apicore.saga_start('roles', '{}', '00000000-0000-0000-0000-0000000000f1');
+SELECT step, attempt FROM apicore.saga_claim('app-worker', ARRAY['roles']);
+SELECT apicore.saga_step_succeeded('00000000-0000-0000-0000-0000000000f1', 'one', 1);
+SELECT state FROM apicore.sagas WHERE id = '00000000-0000-0000-0000-0000000000f1';
+-- the log stays append-only for the application
+SELECT error_of($$DELETE FROM apicore.saga_transition$$);
+RESET ROLE;
+DROP ROLE saga_app, saga_deployer;
+
 -- clean up
 DELETE FROM apicore.saga_step;
 DELETE FROM apicore.saga;

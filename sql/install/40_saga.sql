@@ -220,3 +220,26 @@ INSERT INTO apicore.maintenance_task VALUES
     ('saga_fire_deadlines', 'apicore._saga_fire_deadlines', 41),
     ('saga_run_local_steps', 'apicore._saga_run_local_steps', 42),
     ('saga_retention', 'apicore._saga_retention', 43);
+
+-- Roles to grant instead of table privileges.  Saga functions run with the
+-- caller's rights (a local step's function runs as the session that makes it
+-- runnable), so the caller needs these; the roles bundle them.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'apicore_saga_worker') THEN
+        CREATE ROLE apicore_saga_worker NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'apicore_saga_admin') THEN
+        CREATE ROLE apicore_saga_admin NOLOGIN;
+    END IF;
+END
+$$;
+-- start, claim, heartbeat, report, cancel, and read the views
+GRANT SELECT, INSERT, UPDATE ON apicore.saga, apicore.saga_step TO apicore_saga_worker;
+GRANT SELECT ON apicore.saga_definition, apicore.saga_definition_step TO apicore_saga_worker;
+GRANT SELECT, INSERT ON apicore.saga_transition TO apicore_saga_worker;
+GRANT SELECT ON apicore.sagas, apicore.saga_dead_letter, apicore.saga_log TO apicore_saga_worker;
+GRANT USAGE ON SEQUENCE apicore.saga_transition_id_seq TO apicore_saga_worker;
+-- and also define sagas, retry and resolve (operators, deploy scripts)
+GRANT apicore_saga_worker TO apicore_saga_admin;
+GRANT INSERT ON apicore.saga_definition, apicore.saga_definition_step TO apicore_saga_admin;
