@@ -1,21 +1,1833 @@
 /*
- * rate_limit.c — placeholder until the rate-limit capability lands.
+ * rate_limit.c — rate limits in shared memory (API.md section 3).
+ *
+ * Owns the shared table of limiter states (GCRA, fixed window, sliding
+ * window, concurrency leases), its partition locks, the apicore.rate_limit_*
+ * settings, the per-backend policy cache, saving the table at clean shutdown
+ * and restoring it at start, and every SQL function named rate_limit_* or
+ * concurrency_*.
+ *
+ * Layout: one entry pool and one lease-slot pool shared by all partitions (a
+ * spinlock guards only their free lists, touched when a key is created or
+ * dropped), and RL_PARTITIONS chained hash indexes, each under its own
+ * LWLock of the "apicore_rate_limit" tranche.  A call on an existing key
+ * takes one partition lock and nothing else; no SPI, no table, no WAL.
+ *
+ * Keys are identified by a 128-bit keyed SipHash (libsodium
+ * crypto_shorthash_siphashx24) of (namespace, key).  The hash key is random
+ * per cluster and saved with the state, so distinct keys never share state
+ * and clients cannot aim collisions at one partition.
  */
 #include "postgres.h"
 
+#include <math.h>
+#include <sodium.h>
+#include <unistd.h>
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
 #include "apicore.h"
+
+#define RL_PARTITIONS		32	/* power of two */
+#define RL_TRANCHE			"apicore_rate_limit"
+#define RL_MAX_STATS		256 /* policies with their own counters */
+#define RL_MAX_LIMITS		32	/* limits in one all-or-nothing check */
+#define RL_FILE				"pg_stat/apicore_rate_limit.stat"
+#define RL_FILE_MAGIC		0x41434c31	/* "ACL1" */
+#define RL_NONE				(-1)
+#define RL_MAX_PERIOD		(INT64CONST(3660) * USECS_PER_DAY)	/* 10 years */
+#define RL_MAX_TOLERANCE_NS (INT64CONST(36600) * USECS_PER_DAY * 1000)	/* 100 years */
+#define RL_FULL_RETRY		USECS_PER_SEC	/* Retry-After when the table is full */
+
+/* Namespaces of the keyed hash: ad hoc limits, policies, concurrency. */
+#define RL_NS_ADHOC			'a'
+#define RL_NS_POLICY		'p'
+#define RL_NS_CONCURRENCY	'c'
+
+typedef enum RlKind
+{
+	RL_FRESH = 0,
+	RL_GCRA,
+	RL_FIXED_WINDOW,
+	RL_SLIDING_WINDOW,
+	RL_CONCURRENCY
+} RlKind;
+
+typedef enum RlWhenFull
+{
+	RL_FULL_ALLOW,
+	RL_FULL_DENY
+} RlWhenFull;
+
+typedef struct RlKey
+{
+	uint64		h[2];
+} RlKey;
+
+/* A limiter's state; what the fields hold depends on kind. */
+typedef struct RlState
+{
+	int32		kind;			/* RlKind */
+	int32		count;			/* windows: uses in the current window;
+								 * concurrency: leases in flight */
+	int32		other;			/* sliding: uses in the previous window;
+								 * concurrency: first lease slot */
+	int64		when;			/* gcra: theoretical arrival time (ns);
+								 * windows: start of the current window (us) */
+	int64		rest_at;		/* from then on (us) the state equals a fresh
+								 * one, and the entry may be reclaimed */
+} RlState;
+
+typedef struct RlEntry
+{
+	RlKey		key;
+	int32		next;			/* bucket chain or free list */
+	bool		pinned;			/* in use by a multi-limit call: not reclaimable */
+	RlState		state;
+} RlEntry;
+
+/* One concurrency lease. */
+typedef struct RlSlot
+{
+	int64		token;
+	int64		expires_at;		/* us */
+	int32		next;
+	int32		pid;
+} RlSlot;
+
+typedef struct RlStat
+{
+	char		name[NAMEDATALEN];	/* "" = ad hoc rate_limit() calls */
+	pg_atomic_uint64 allowed;
+	pg_atomic_uint64 rejected;
+	pg_atomic_uint64 shadow_rejected;
+} RlStat;
+
+typedef struct RlShared
+{
+	uint8		hash_key[crypto_shorthash_siphashx24_KEYBYTES];
+	int32		max_keys;
+	int32		buckets_per_partition;	/* power of two */
+	slock_t		pool_lock;		/* the two free lists and their counts */
+	int32		free_entry;
+	int32		free_slot;
+	int64		entries_used;
+	int64		slots_used;
+	pg_atomic_uint64 evictions;
+	pg_atomic_uint64 full_events;
+	pg_atomic_uint64 next_token;
+	pg_atomic_uint64 policy_generation;
+	slock_t		stats_lock;		/* nstats and stats[].name */
+	int32		nstats;
+	RlStat		stats[RL_MAX_STATS];
+} RlShared;
+
+/* What a limit allows, ready to run. */
+typedef struct RlParams
+{
+	RlKind		kind;
+	int32		limit;
+	int32		burst;			/* gcra capacity */
+	int64		period;			/* us */
+	int64		interval_ns;	/* gcra emission interval: period / limit */
+	int64		tolerance_ns;	/* gcra: interval * burst */
+} RlParams;
+
+typedef struct RlResult
+{
+	bool		allowed;
+	int32		limit;
+	int32		remaining;
+	int64		retry_after;	/* us; -1 when allowed */
+	int64		reset_after;	/* us */
+} RlResult;
+
+/* One limit taking part in a call. */
+typedef struct RlCall
+{
+	RlKey		key;
+	RlParams	params;
+	bool		shadow;
+	RlStat	   *stat;
+	RlEntry    *entry;			/* NULL: peek of an unknown key, or table full */
+	RlState		next;
+	RlResult	result;
+} RlCall;
+
+/* A policy as cached by this backend. */
+typedef struct RlPolicy
+{
+	char		name[NAMEDATALEN];	/* hash key */
+	RlParams	params;
+	bool		shadow;
+	RlStat	   *stat;
+} RlPolicy;
+
+/* A lease this backend holds, released when the backend exits. */
+typedef struct RlHeldLease
+{
+	RlKey		key;
+	int64		token;
+} RlHeldLease;
+
+/* Settings */
+static int	rl_max_keys = 100000;
+static int	rl_when_full = RL_FULL_ALLOW;
+static double rl_test_clock = 0;
+
+static const struct config_enum_entry when_full_options[] = {
+	{"allow", RL_FULL_ALLOW, false},
+	{"deny", RL_FULL_DENY, false},
+	{NULL, 0, false}
+};
+
+/* Shared state, attached at startup */
+static RlShared *rl = NULL;
+static LWLockPadded *rl_locks = NULL;
+static int32 *rl_buckets = NULL;
+static RlEntry *rl_entries = NULL;
+static RlSlot *rl_slots = NULL;
+
+/* Backend-local state */
+static HTAB *policy_cache = NULL;
+static MemoryContext policy_cache_cxt = NULL;
+static uint64 policy_cache_generation = 0;
+static TimestampTz policy_cache_loaded_at = 0;
+static bool policy_changed_in_xact = false;
+static bool policy_xact_callback_registered = false;
+static List *held_leases = NIL;
+static bool lease_exit_callback_registered = false;
+
+PG_FUNCTION_INFO_V1(apicore_rate_limit);
+PG_FUNCTION_INFO_V1(apicore_rate_limit_check);
+PG_FUNCTION_INFO_V1(apicore_rate_limit_check_many);
+PG_FUNCTION_INFO_V1(apicore_rate_limit_reset);
+PG_FUNCTION_INFO_V1(apicore_rate_limit_policy_set);
+PG_FUNCTION_INFO_V1(apicore_rate_limit_policy_changed);
+PG_FUNCTION_INFO_V1(apicore_concurrency_acquire);
+PG_FUNCTION_INFO_V1(apicore_concurrency_release);
+PG_FUNCTION_INFO_V1(apicore_rate_limit_stats);
+PG_FUNCTION_INFO_V1(apicore_rate_limit_maintain);
+
+/* ---------- settings and shared memory ---------- */
 
 void
 RateLimitInit(void)
 {
+	/* a PGC_POSTMASTER setting can only be defined while preloading */
+	if (apicore_preloaded)
+		DefineCustomIntVariable("apicore.rate_limit_max_keys",
+								"Rate-limit keys (and concurrency leases) kept in shared memory.",
+								NULL, &rl_max_keys, 100000, 16, 100000000,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("apicore.rate_limit_when_full",
+							 "What a new rate-limit key gets when the table is full of busy keys: allow (fail open) or deny (fail closed).",
+							 NULL, &rl_when_full, RL_FULL_ALLOW, when_full_options,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("apicore.rate_limit_test_clock",
+							 "For tests only: the rate limiter's clock in seconds since 1970-01-01 UTC; 0 uses the server's clock.",
+							 NULL, &rl_test_clock, 0, 0, 5e9,	/* year 2128: GCRA's ns stay in int64 */
+							 PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+}
+
+static int32
+RlBucketsPerPartition(int max_keys)
+{
+	int32		per = 1;
+
+	while ((int64) per * RL_PARTITIONS < max_keys)
+		per <<= 1;
+	return per;
+}
+
+static Size
+RlShmemSize(int max_keys)
+{
+	Size		size = MAXALIGN(sizeof(RlShared));
+
+	size = add_size(size, MAXALIGN(mul_size(sizeof(int32),
+											mul_size(RL_PARTITIONS, RlBucketsPerPartition(max_keys)))));
+	size = add_size(size, MAXALIGN(mul_size(sizeof(RlEntry), max_keys)));
+	size = add_size(size, MAXALIGN(mul_size(sizeof(RlSlot), max_keys)));
+	return size;
 }
 
 void
 RateLimitShmemRequest(void)
 {
+	RequestAddinShmemSpace(RlShmemSize(rl_max_keys));
+	RequestNamedLWLockTranche(RL_TRANCHE, RL_PARTITIONS);
 }
+
+static void
+RlAttach(void)
+{
+	char	   *p = (char *) rl + MAXALIGN(sizeof(RlShared));
+	int			nbuckets = RL_PARTITIONS * rl->buckets_per_partition;
+
+	rl_buckets = (int32 *) p;
+	p += MAXALIGN(sizeof(int32) * nbuckets);
+	rl_entries = (RlEntry *) p;
+	p += MAXALIGN(sizeof(RlEntry) * rl->max_keys);
+	rl_slots = (RlSlot *) p;
+	rl_locks = GetNamedLWLockTranche(RL_TRANCHE);
+}
+
+/* Empty table: every bucket empty, every entry and slot on its free list. */
+static void
+RlInitShared(void)
+{
+	int			nbuckets;
+
+	memset(rl, 0, sizeof(RlShared));
+	rl->max_keys = rl_max_keys;
+	rl->buckets_per_partition = RlBucketsPerPartition(rl_max_keys);
+	randombytes_buf(rl->hash_key, sizeof(rl->hash_key));
+	SpinLockInit(&rl->pool_lock);
+	SpinLockInit(&rl->stats_lock);
+	pg_atomic_init_u64(&rl->evictions, 0);
+	pg_atomic_init_u64(&rl->full_events, 0);
+	pg_atomic_init_u64(&rl->next_token, 1);
+	pg_atomic_init_u64(&rl->policy_generation, 1);
+	for (int i = 0; i < RL_MAX_STATS; i++)
+	{
+		pg_atomic_init_u64(&rl->stats[i].allowed, 0);
+		pg_atomic_init_u64(&rl->stats[i].rejected, 0);
+		pg_atomic_init_u64(&rl->stats[i].shadow_rejected, 0);
+	}
+	rl->nstats = 1;				/* slot 0: ad hoc calls */
+	RlAttach();
+	nbuckets = RL_PARTITIONS * rl->buckets_per_partition;
+	for (int i = 0; i < nbuckets; i++)
+		rl_buckets[i] = RL_NONE;
+	for (int i = 0; i < rl->max_keys; i++)
+	{
+		rl_entries[i].next = (i + 1 < rl->max_keys) ? i + 1 : RL_NONE;
+		rl_slots[i].next = (i + 1 < rl->max_keys) ? i + 1 : RL_NONE;
+	}
+	rl->free_entry = 0;
+	rl->free_slot = 0;
+}
+
+static void RlRestore(void);
+static void RlSaveAtShutdown(int code, Datum arg);
 
 void
 RateLimitShmemStartup(void)
 {
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	rl = ShmemInitStruct("apicore rate limits", RlShmemSize(rl_max_keys), &found);
+	if (!found)
+	{
+		RlInitShared();
+		RlRestore();
+	}
+	else
+		RlAttach();
+	LWLockRelease(AddinShmemInitLock);
+
+	/* the postmaster saves the table when it shuts down cleanly */
+	if (!IsUnderPostmaster)
+		on_shmem_exit(RlSaveAtShutdown, (Datum) 0);
+}
+
+/* ---------- time, keys, argument checks ---------- */
+
+/* The limiter's clock in microseconds since the PostgreSQL epoch. */
+static int64
+RlNow(void)
+{
+	if (rl_test_clock > 0)
+		return (int64) llround(rl_test_clock * USECS_PER_SEC) -
+			(int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+	return GetCurrentTimestamp();
+}
+
+static void
+RlHashKey(char ns, const char *prefix, const text *key, RlKey *out)
+{
+	size_t		prefix_len = prefix ? strlen(prefix) : 0;
+	size_t		key_len = VARSIZE_ANY_EXHDR(key);
+	size_t		len = 2 + prefix_len + key_len;
+	unsigned char stackbuf[256];
+	unsigned char *buf = len <= sizeof(stackbuf) ? stackbuf : palloc(len);
+
+	/* namespace tag, prefix, NUL, key: a text prefix holds no NUL, so unambiguous */
+	buf[0] = (unsigned char) ns;
+	if (prefix_len)
+		memcpy(buf + 1, prefix, prefix_len);
+	buf[1 + prefix_len] = '\0';
+	memcpy(buf + 2 + prefix_len, VARDATA_ANY(key), key_len);
+	crypto_shorthash_siphashx24((unsigned char *) out->h, buf, len, rl->hash_key);
+	if (buf != stackbuf)
+		pfree(buf);
+}
+
+static void
+RlRequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rate limit %s must not be NULL", name),
+				 errhint("Pass a value for %s.", name)));
+}
+
+/* The key argument: not NULL, not empty. */
+static text *
+RlKeyArg(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *key;
+
+	RlRequireArg(fcinfo, argno, "key");
+	key = PG_GETARG_TEXT_PP(argno);
+	if (VARSIZE_ANY_EXHDR(key) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit key must not be empty"),
+				 errhint("Use what identifies the caller, e.g. the API key or user id.")));
+	return key;
+}
+
+/* A duration argument in microseconds: more than zero, at most 10 years. */
+static int64
+RlDurationArg(const Interval *span, const char *name)
+{
+	int128		us = (int128) span->time +
+		(int128) span->day * USECS_PER_DAY +
+		(int128) span->month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+	if (us <= 0 || us > RL_MAX_PERIOD)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit %s must be more than 0 and at most 10 years", name),
+				 errhint("Pass an interval such as '1 second', '1 minute' or '1 day'.")));
+	return (int64) us;
+}
+
+static RlKind
+RlAlgorithm(const char *name)
+{
+	if (strcmp(name, "gcra") == 0)
+		return RL_GCRA;
+	if (strcmp(name, "fixed_window") == 0)
+		return RL_FIXED_WINDOW;
+	if (strcmp(name, "sliding_window") == 0)
+		return RL_SLIDING_WINDOW;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown rate limit algorithm \"%s\"", name),
+			 errhint("Use 'gcra', 'fixed_window' or 'sliding_window'.")));
+	return RL_FRESH;			/* keep the compiler quiet */
+}
+
+static bool
+RlModeIsShadow(const char *mode)
+{
+	if (strcmp(mode, "enforce") == 0)
+		return false;
+	if (strcmp(mode, "shadow") == 0)
+		return true;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown rate limit mode \"%s\"", mode),
+			 errhint("Use 'enforce' or 'shadow'.")));
+	return false;
+}
+
+/*
+ * Check limit, period and burst and derive the GCRA constants.  Without a
+ * burst the capacity is the limit.
+ */
+static void
+RlMakeParams(RlKind kind, int32 limit, const Interval *period,
+			 bool burst_given, int32 burst, RlParams *p)
+{
+	int128		tolerance;
+
+	if (limit <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit \"limit\" must be 1 or more, got %d", limit),
+				 errhint("Pass how many requests each period allows.")));
+	p->kind = kind;
+	p->limit = limit;
+	p->period = RlDurationArg(period, "period");
+	if (burst_given && burst < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit burst must be 1 or more, got %d", burst),
+				 errhint("Leave burst NULL to allow bursts of up to \"limit\" requests.")));
+	if (burst_given && kind != RL_GCRA)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit burst applies only to algorithm gcra"),
+				 errhint("Leave burst NULL for fixed_window and sliding_window: they allow \"limit\" per window.")));
+	p->burst = burst_given ? burst : limit;
+	/* period <= 10 years, so period in ns fits int64: no 128-bit division here */
+	p->interval_ns = p->period * 1000 / limit;
+	if (p->interval_ns < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit \"limit\" %d is more than one per nanosecond of the period", limit),
+				 errhint("Use a longer period or a smaller limit.")));
+	tolerance = (int128) p->interval_ns * p->burst;
+	if (tolerance > RL_MAX_TOLERANCE_NS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit burst %d takes more than 100 years to refill at this rate", p->burst),
+				 errhint("Use a smaller burst or a higher limit.")));
+	p->tolerance_ns = (int64) tolerance;
+}
+
+/* The cost argument: 0 (peek) up to the capacity of every limit it is charged to. */
+static int32
+RlCostArg(FunctionCallInfo fcinfo, int argno, const RlCall *calls, int n)
+{
+	int32		cost;
+
+	RlRequireArg(fcinfo, argno, "cost");
+	cost = PG_GETARG_INT32(argno);
+	if (cost < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit cost must be 0 or more, got %d", cost),
+				 errhint("Use 1 per request, more for expensive requests, 0 to peek.")));
+	for (int i = 0; i < n; i++)
+	{
+		int32		capacity = calls[i].params.kind == RL_GCRA ?
+			calls[i].params.burst : calls[i].params.limit;
+
+		if (cost > capacity)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("rate limit cost %d is above the burst %d, so it could never be allowed", cost, capacity),
+					 errhint("Split the request, or raise burst (or limit).")));
+	}
+	return cost;
+}
+
+/* ---------- the algorithms: pure functions of (params, state, cost, now) ---------- */
+
+/* x / d rounded up, for d > 0 and any sign of x */
+static inline int64
+CeilDiv(int128 x, int64 d)
+{
+	int128		q = x / d;
+
+	return (int64) (q + ((x % d) > 0 ? 1 : 0));
+}
+
+static inline int64
+WindowStart(int64 now, int64 period)
+{
+	int64		m = now % period;
+
+	return now - (m < 0 ? m + period : m);
+}
+
+/*
+ * GCRA as redis-cell's CL.THROTTLE: capacity `burst` (redis-cell's
+ * max_burst + 1), one unit refilled every interval.  Times are kept in
+ * nanoseconds like redis-cell and reported rounded up to microseconds, so a
+ * client that waits retry_after is allowed.  Unlike redis-cell, which
+ * truncates the comparison to whole seconds, a request is allowed only when
+ * its allow time has really come.
+ */
+static bool
+GcraStep(const RlParams *p, const RlState *in, int32 cost, int64 now_us,
+		 RlState *out, RlResult *r)
+{
+	int64		now = now_us * 1000;
+	int64		tat = (in->kind == RL_GCRA && in->when > now) ? in->when : now;
+	int64		new_tat = tat + p->interval_ns * cost;
+	int64		allow_at = new_tat - p->tolerance_ns;
+	int64		ttl;
+	int64		spare;
+
+	*out = *in;
+	r->limit = p->burst;
+	r->allowed = now >= allow_at;
+	if (r->allowed)
+	{
+		ttl = new_tat - now;
+		r->retry_after = -1;
+		out->kind = RL_GCRA;
+		out->when = new_tat;
+		out->rest_at = CeilDiv(new_tat, 1000);
+	}
+	else
+	{
+		ttl = tat - now;
+		r->retry_after = CeilDiv(allow_at - now, 1000);
+	}
+	spare = p->tolerance_ns - ttl;
+	r->remaining = spare > -p->interval_ns ? (int32) (spare / p->interval_ns) : 0;
+	r->reset_after = CeilDiv(ttl, 1000);
+	return r->allowed;
+}
+
+/* Fixed window: at most `limit` units per aligned window of `period`. */
+static bool
+FixedWindowStep(const RlParams *p, const RlState *in, int32 cost, int64 now,
+				RlState *out, RlResult *r)
+{
+	int64		start = WindowStart(now, p->period);
+	int64		end = start + p->period;
+	int32		used = (in->kind == RL_FIXED_WINDOW && in->when == start) ? in->count : 0;
+
+	*out = *in;
+	r->limit = p->limit;
+	r->allowed = (int64) used + cost <= p->limit;
+	if (r->allowed)
+	{
+		used += cost;
+		out->kind = RL_FIXED_WINDOW;
+		out->when = start;
+		out->count = used;
+		out->rest_at = end;
+		r->retry_after = -1;
+	}
+	else
+		r->retry_after = end - now;
+	r->remaining = p->limit - used;
+	r->reset_after = used > 0 ? end - now : 0;
+	return r->allowed;
+}
+
+/*
+ * When a sliding-window call rejected now first fits: the earliest moment
+ * the weighted count plus cost is within the limit, to the microsecond.
+ */
+static int64
+SlidingRetryAt(const RlParams *p, int64 start, int64 curr, int64 prev, int32 cost)
+{
+	int64		period = p->period;
+	int64		spare = p->limit - curr - cost;
+
+	/* fits in this window once enough of the previous one has slid out */
+	if (spare >= 0)
+		return start + CeilDiv((int128) period * (prev - spare), prev);
+	/* fits in the next window, where this window's count slides out */
+	return start + period + CeilDiv((int128) period * (curr - (p->limit - cost)), curr);
+}
+
+/*
+ * Sliding window counter (the weighted two-window approximation used by
+ * Cloudflare and nginx): count = previous * (1 - elapsed/period) + current.
+ * Kept exact by comparing in integer microsecond-units.
+ */
+static bool
+SlidingWindowStep(const RlParams *p, const RlState *in, int32 cost, int64 now,
+				  RlState *out, RlResult *r)
+{
+	int64		period = p->period;
+	int64		start = WindowStart(now, period);
+	int64		curr = 0;
+	int64		prev = 0;
+	int128		capacity = (int128) p->limit * period;
+	int128		weight;
+
+	if (in->kind == RL_SLIDING_WINDOW && in->when == start)
+	{
+		curr = in->count;
+		prev = in->other;
+	}
+	else if (in->kind == RL_SLIDING_WINDOW && in->when == start - period)
+		prev = in->count;
+
+	weight = (int128) prev * (period - (now - start)) + (int128) curr * period;
+	*out = *in;
+	r->limit = p->limit;
+	r->allowed = weight + (int128) cost * period <= capacity;
+	if (r->allowed)
+	{
+		curr += cost;
+		weight += (int128) cost * period;
+		out->kind = RL_SLIDING_WINDOW;
+		out->when = start;
+		out->count = (int32) curr;
+		out->other = (int32) prev;
+		out->rest_at = start + (curr > 0 ? 2 * period : period);
+		r->retry_after = -1;
+	}
+	else
+		r->retry_after = SlidingRetryAt(p, start, curr, prev, cost) - now;
+	r->remaining = weight >= capacity ? 0 : (int32) ((capacity - weight) / period);
+	r->reset_after = curr > 0 ? start + 2 * period - now :
+		(prev > 0 ? start + period - now : 0);
+	return r->allowed;
+}
+
+static bool
+RlStep(const RlParams *p, const RlState *in, int32 cost, int64 now,
+	   RlState *out, RlResult *r)
+{
+	switch (p->kind)
+	{
+		case RL_FIXED_WINDOW:
+			return FixedWindowStep(p, in, cost, now, out, r);
+		case RL_SLIDING_WINDOW:
+			return SlidingWindowStep(p, in, cost, now, out, r);
+		default:
+			return GcraStep(p, in, cost, now, out, r);
+	}
+}
+
+/* ---------- the shared table (callers hold the partition lock) ---------- */
+
+static inline int
+RlPartitionOf(const RlKey *key)
+{
+	return (int) (key->h[0] & (RL_PARTITIONS - 1));
+}
+
+static inline LWLock *
+RlLock(int partition)
+{
+	return &rl_locks[partition].lock;
+}
+
+static inline int32 *
+RlBucketOf(const RlKey *key)
+{
+	uint64		b = (key->h[0] >> 8) & (rl->buckets_per_partition - 1);
+
+	return &rl_buckets[RlPartitionOf(key) * rl->buckets_per_partition + b];
+}
+
+static RlEntry *
+RlLookup(const RlKey *key)
+{
+	for (int32 i = *RlBucketOf(key); i != RL_NONE; i = rl_entries[i].next)
+		if (rl_entries[i].key.h[0] == key->h[0] && rl_entries[i].key.h[1] == key->h[1])
+			return &rl_entries[i];
+	return NULL;
+}
+
+static int32
+RlSlotAlloc(void)
+{
+	int32		i;
+
+	SpinLockAcquire(&rl->pool_lock);
+	i = rl->free_slot;
+	if (i != RL_NONE)
+	{
+		rl->free_slot = rl_slots[i].next;
+		rl->slots_used++;
+	}
+	SpinLockRelease(&rl->pool_lock);
+	return i;
+}
+
+/* Free a chain of slots linked by next, `n` long. */
+static void
+RlSlotFreeChain(int32 first, int32 last, int n)
+{
+	SpinLockAcquire(&rl->pool_lock);
+	rl_slots[last].next = rl->free_slot;
+	rl->free_slot = first;
+	rl->slots_used -= n;
+	SpinLockRelease(&rl->pool_lock);
+}
+
+/* Drop the leases of a concurrency entry that expired by `now`; returns how many. */
+static int
+RlPurgeLeases(RlEntry *e, int64 now)
+{
+	int32	   *link = &e->state.other;
+	int64		latest = PG_INT64_MIN;
+	int			freed = 0;
+
+	while (*link != RL_NONE)
+	{
+		RlSlot	   *s = &rl_slots[*link];
+		int32		i = *link;
+
+		if (s->expires_at > now)
+		{
+			latest = Max(latest, s->expires_at);
+			link = &s->next;
+			continue;
+		}
+		*link = s->next;
+		RlSlotFreeChain(i, i, 1);
+		freed++;
+	}
+	e->state.count -= freed;
+	e->state.rest_at = latest;
+	return freed;
+}
+
+/* Unlink entries at rest from one partition and return them to the pool. */
+static int
+RlReclaimPartition(int partition, int64 now, int *leases)
+{
+	int32		freed_first = RL_NONE;
+	int32		freed_last = RL_NONE;
+	int			freed = 0;
+
+	for (int b = 0; b < rl->buckets_per_partition; b++)
+	{
+		int32	   *link = &rl_buckets[partition * rl->buckets_per_partition + b];
+
+		while (*link != RL_NONE)
+		{
+			RlEntry    *e = &rl_entries[*link];
+			int32		i = *link;
+
+			if (e->state.kind == RL_CONCURRENCY)
+			{
+				int			purged = RlPurgeLeases(e, now);
+
+				if (leases)
+					*leases += purged;
+			}
+			if (e->pinned || e->state.rest_at > now ||
+				(e->state.kind == RL_CONCURRENCY && e->state.count > 0))
+			{
+				link = &e->next;
+				continue;
+			}
+			*link = e->next;
+			e->next = freed_first;
+			freed_first = i;
+			if (freed_last == RL_NONE)
+				freed_last = i;
+			freed++;
+		}
+	}
+	if (freed > 0)
+	{
+		SpinLockAcquire(&rl->pool_lock);
+		rl_entries[freed_last].next = rl->free_entry;
+		rl->free_entry = freed_first;
+		rl->entries_used -= freed;
+		SpinLockRelease(&rl->pool_lock);
+	}
+	return freed;
+}
+
+static int32
+RlEntryAlloc(void)
+{
+	int32		i;
+
+	SpinLockAcquire(&rl->pool_lock);
+	i = rl->free_entry;
+	if (i != RL_NONE)
+	{
+		rl->free_entry = rl_entries[i].next;
+		rl->entries_used++;
+	}
+	SpinLockRelease(&rl->pool_lock);
+	return i;
+}
+
+/*
+ * Free entries when the pool is empty: keys at rest in our own partition
+ * first, then in any other partition whose lock is free right now (never
+ * waiting, so no lock-order deadlock with partitions we hold).
+ */
+static void
+RlMakeRoom(int partition, uint32 held, int64 now)
+{
+	int			freed = RlReclaimPartition(partition, now, NULL);
+
+	for (int i = 1; freed == 0 && i < RL_PARTITIONS; i++)
+	{
+		int			other = (partition + i) & (RL_PARTITIONS - 1);
+
+		if ((held & (1U << other)) || !LWLockConditionalAcquire(RlLock(other), LW_EXCLUSIVE))
+			continue;
+		freed = RlReclaimPartition(other, now, NULL);
+		LWLockRelease(RlLock(other));
+	}
+	if (freed > 0)
+		pg_atomic_fetch_add_u64(&rl->evictions, freed);
+}
+
+static RlEntry *RlLinkNew(int32 i, const RlKey *key);
+
+/* A new, fresh entry for key; NULL when the table is full of busy keys. */
+static RlEntry *
+RlInsert(const RlKey *key, uint32 held, int64 now)
+{
+	int32		i = RlEntryAlloc();
+
+	if (i == RL_NONE)
+	{
+		RlMakeRoom(RlPartitionOf(key), held, now);
+		i = RlEntryAlloc();
+		if (i == RL_NONE)
+		{
+			pg_atomic_fetch_add_u64(&rl->full_events, 1);
+			return NULL;
+		}
+	}
+	return RlLinkNew(i, key);
+}
+
+/* Put pool entry i, fresh, at the head of key's bucket. */
+static RlEntry *
+RlLinkNew(int32 i, const RlKey *key)
+{
+	RlEntry    *e = &rl_entries[i];
+	int32	   *bucket = RlBucketOf(key);
+
+	e->key = *key;
+	e->pinned = false;
+	memset(&e->state, 0, sizeof(RlState));
+	e->state.other = RL_NONE;
+	e->state.rest_at = PG_INT64_MIN;	/* a fresh state is at rest */
+	e->next = *bucket;
+	*bucket = i;
+	return e;
+}
+
+/* Remove key's entry, if any, returning its lease slots too. */
+static bool
+RlRemove(const RlKey *key)
+{
+	int32	   *link = RlBucketOf(key);
+
+	for (; *link != RL_NONE; link = &rl_entries[*link].next)
+	{
+		RlEntry    *e = &rl_entries[*link];
+		int32		i = *link;
+
+		if (e->key.h[0] != key->h[0] || e->key.h[1] != key->h[1])
+			continue;
+		if (e->state.kind == RL_CONCURRENCY)
+			RlPurgeLeases(e, PG_INT64_MAX);
+		*link = e->next;
+		SpinLockAcquire(&rl->pool_lock);
+		e->next = rl->free_entry;
+		rl->free_entry = i;
+		rl->entries_used--;
+		SpinLockRelease(&rl->pool_lock);
+		return true;
+	}
+	return false;
+}
+
+/* ---------- applying limits ---------- */
+
+static uint32
+RlLockPartitions(const RlCall *calls, int n)
+{
+	uint32		held = 0;
+
+	for (int i = 0; i < n; i++)
+		held |= 1U << RlPartitionOf(&calls[i].key);
+	/* ascending order: two multi-limit calls never wait on each other in a cycle */
+	for (int part = 0; part < RL_PARTITIONS; part++)
+		if (held & (1U << part))
+			LWLockAcquire(RlLock(part), LW_EXCLUSIVE);
+	return held;
+}
+
+static void
+RlUnlockPartitions(uint32 held)
+{
+	for (int part = 0; part < RL_PARTITIONS; part++)
+		if (held & (1U << part))
+			LWLockRelease(RlLock(part));
+}
+
+/* Find (or, unless peeking, create) every call's entry; false when full and denying. */
+static bool
+RlFindEntries(RlCall *calls, int n, int32 cost, uint32 held, int64 now)
+{
+	for (int i = 0; i < n; i++)
+		calls[i].entry = NULL;
+	for (int i = 0; i < n; i++)
+	{
+		RlEntry    *e = RlLookup(&calls[i].key);
+
+		if (e == NULL && cost > 0)
+		{
+			e = RlInsert(&calls[i].key, held, now);
+			if (e == NULL && rl_when_full == RL_FULL_DENY)
+				return false;
+		}
+		if (e)
+			e->pinned = true;
+		calls[i].entry = e;
+	}
+	return true;
+}
+
+/* The one result a multi-limit call reports: the limit that decided it. */
+static void
+RlCombineResults(const RlCall *calls, int n, bool allowed, RlResult *out)
+{
+	const RlResult *pick = NULL;
+
+	for (int i = 0; i < n; i++)
+	{
+		const RlResult *r = &calls[i].result;
+
+		if (!allowed)
+		{
+			/* the enforced rejection that lasts longest */
+			if (!r->allowed && !calls[i].shadow &&
+				(pick == NULL || r->retry_after > pick->retry_after))
+				pick = r;
+		}
+		else if (pick == NULL || r->remaining < pick->remaining)
+			pick = r;
+	}
+	*out = *pick;
+	out->allowed = allowed;
+	if (allowed)
+		out->retry_after = -1;
+}
+
+static void
+RlCount(const RlCall *calls, int n, int32 cost, bool allowed)
+{
+	if (cost == 0)
+		return;					/* peeks are not traffic */
+	for (int i = 0; i < n; i++)
+	{
+		RlStat	   *s = calls[i].stat;
+
+		if (!calls[i].result.allowed)
+			pg_atomic_fetch_add_u64(calls[i].shadow ? &s->shadow_rejected : &s->rejected, 1);
+		else if (allowed)
+			pg_atomic_fetch_add_u64(&s->allowed, 1);
+	}
+}
+
+static void
+RlFullDenied(const RlCall *calls, int n, RlResult *out)
+{
+	out->allowed = false;
+	out->limit = calls[0].params.kind == RL_GCRA ? calls[0].params.burst : calls[0].params.limit;
+	out->remaining = 0;
+	out->retry_after = RL_FULL_RETRY;
+	out->reset_after = 0;
+	for (int i = 0; i < n; i++)
+		pg_atomic_fetch_add_u64(&calls[i].stat->rejected, 1);
+}
+
+/*
+ * Apply every limit, all or nothing: under the partition locks, compute each
+ * limit's verdict on its current state, and store the new states only when
+ * every enforced limit allows.  Shadow limits never reject, and consume only
+ * when they would have allowed.
+ */
+static void
+RlApply(RlCall *calls, int n, int32 cost, RlResult *out)
+{
+	int64		now = RlNow();
+	uint32		held = RlLockPartitions(calls, n);
+	bool		allowed = true;
+	static const RlState fresh = {RL_FRESH, 0, RL_NONE, 0, PG_INT64_MIN};
+
+	if (!RlFindEntries(calls, n, cost, held, now))
+	{
+		for (int i = 0; i < n; i++)
+			if (calls[i].entry)
+				calls[i].entry->pinned = false;
+		RlUnlockPartitions(held);
+		RlFullDenied(calls, n, out);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		const RlState *in = calls[i].entry ? &calls[i].entry->state : &fresh;
+
+		if (!RlStep(&calls[i].params, in, cost, now, &calls[i].next, &calls[i].result) &&
+			!calls[i].shadow)
+			allowed = false;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		RlEntry    *e = calls[i].entry;
+
+		if (e == NULL)
+			continue;
+		if (allowed && cost > 0 && calls[i].result.allowed)
+			e->state = calls[i].next;
+		e->pinned = false;
+	}
+	RlUnlockPartitions(held);
+	RlCount(calls, n, cost, allowed);
+	RlCombineResults(calls, n, allowed, out);
+}
+
+/* The result as apicore.rate_limit_result, its TupleDesc cached per call site. */
+static Datum
+RlResultDatum(FunctionCallInfo fcinfo, const RlResult *r)
+{
+	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (tupdesc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		TupleDesc	found;
+
+		if (get_call_result_type(fcinfo, NULL, &found) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "apicore: rate limit function must return a composite type");
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(found));
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = tupdesc;
+	}
+	values[0] = BoolGetDatum(r->allowed);
+	values[1] = Int32GetDatum(r->limit);
+	values[2] = Int32GetDatum(r->remaining);
+	values[3] = Float8GetDatum(r->retry_after < 0 ? -1.0 : (double) r->retry_after / USECS_PER_SEC);
+	values[4] = Float8GetDatum((double) r->reset_after / USECS_PER_SEC);
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}
+
+/* apicore.rate_limit(key, limit, period, burst, cost): an ad hoc GCRA limit */
+Datum
+apicore_rate_limit(PG_FUNCTION_ARGS)
+{
+	RlCall		call;
+	RlResult	result;
+	text	   *key;
+	int32		cost;
+
+	ApicoreRequirePreload("rate_limit");
+	key = RlKeyArg(fcinfo, 0);
+	RlRequireArg(fcinfo, 1, "\"limit\"");
+	RlRequireArg(fcinfo, 2, "period");
+	RlMakeParams(RL_GCRA, PG_GETARG_INT32(1), PG_GETARG_INTERVAL_P(2),
+				 !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3), &call.params);
+	cost = RlCostArg(fcinfo, 4, &call, 1);
+	RlHashKey(RL_NS_ADHOC, NULL, key, &call.key);
+	call.shadow = false;
+	call.stat = &rl->stats[0];
+	RlApply(&call, 1, cost, &result);
+	return RlResultDatum(fcinfo, &result);
+}
+
+/* ---------- policies ---------- */
+
+/* The shared counters for a policy name, created on first use. */
+static RlStat *
+RlStatFor(const char *name)
+{
+	RlStat	   *found = NULL;
+
+	SpinLockAcquire(&rl->stats_lock);
+	for (int i = 1; i < rl->nstats && !found; i++)
+		if (strcmp(rl->stats[i].name, name) == 0)
+			found = &rl->stats[i];
+	if (!found && rl->nstats < RL_MAX_STATS)
+	{
+		found = &rl->stats[rl->nstats++];
+		strlcpy(found->name, name, NAMEDATALEN);
+	}
+	SpinLockRelease(&rl->stats_lock);
+	/* past RL_MAX_STATS policies, the rest share the ad hoc counters */
+	return found ? found : &rl->stats[0];
+}
+
+static void
+RlLoadPolicyRow(HTAB *cache, HeapTuple row, TupleDesc desc)
+{
+	bool		isnull[6];
+	Datum		v[6];
+	char	   *name;
+	RlPolicy   *policy;
+
+	for (int col = 0; col < 6; col++)
+		v[col] = SPI_getbinval(row, desc, col + 1, &isnull[col]);
+	name = TextDatumGetCString(v[0]);
+	policy = hash_search(cache, name, HASH_ENTER, NULL);
+	RlMakeParams(RlAlgorithm(TextDatumGetCString(v[4])), DatumGetInt32(v[1]),
+				 DatumGetIntervalP(v[2]), !isnull[3], isnull[3] ? 0 : DatumGetInt32(v[3]),
+				 &policy->params);
+	policy->shadow = RlModeIsShadow(TextDatumGetCString(v[5]));
+	policy->stat = RlStatFor(name);
+}
+
+/* Read apicore.rate_limit_policy into a fresh cache (SPI: only when it changed). */
+static void
+RlLoadPolicies(void)
+{
+	/* built under the caller's context: an error while loading frees it */
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "apicore rate limit policies",
+											  ALLOCSET_SMALL_SIZES);
+	HASHCTL		ctl = {0};
+	HTAB	   *cache;
+	uint64		generation = pg_atomic_read_u64(&rl->policy_generation);
+
+	ctl.keysize = NAMEDATALEN;
+	ctl.entrysize = sizeof(RlPolicy);
+	ctl.hcxt = cxt;
+	cache = hash_create("apicore rate limit policies", 64, &ctl,
+						HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	SPI_connect();
+	if (SPI_execute("SELECT name, \"limit\", period, burst, algorithm, mode "
+					"FROM apicore.rate_limit_policy", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "apicore: could not read apicore.rate_limit_policy");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		RlLoadPolicyRow(cache, SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+	SPI_finish();
+
+	if (policy_cache_cxt)
+		MemoryContextDelete(policy_cache_cxt);
+	MemoryContextSetParent(cxt, TopMemoryContext);
+	policy_cache_cxt = cxt;
+	policy_cache = cache;
+	policy_cache_generation = generation;
+	policy_cache_loaded_at = GetCurrentTimestamp();
+}
+
+/*
+ * The cache of policies, reloaded when a commit changed the
+ * table (generation counter in shared memory), or, on a hot standby where
+ * changes arrive by replay and bump nothing, when it is a second old.
+ */
+static void
+RlRefreshPolicies(void)
+{
+	if (policy_cache == NULL || policy_changed_in_xact ||
+		policy_cache_generation != pg_atomic_read_u64(&rl->policy_generation) ||
+		(RecoveryInProgress() &&
+		 GetCurrentTimestamp() - policy_cache_loaded_at > USECS_PER_SEC))
+		RlLoadPolicies();
+}
+
+static RlPolicy *
+RlPolicyLookup(const char *name)
+{
+	RlPolicy   *policy;
+
+	RlRefreshPolicies();
+	policy = strlen(name) < NAMEDATALEN ? hash_search(policy_cache, name, HASH_FIND, NULL) : NULL;
+	if (policy == NULL)
+	{
+		/* created earlier in this transaction, or not committed when we loaded */
+		RlLoadPolicies();
+		policy = strlen(name) < NAMEDATALEN ? hash_search(policy_cache, name, HASH_FIND, NULL) : NULL;
+	}
+	if (policy == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("rate limit policy \"%s\" does not exist", name),
+				 errhint("Create it with apicore.rate_limit_policy_set().")));
+	return policy;
+}
+
+static void
+RlPolicyCall(const char *policy_name, const text *key, RlCall *call)
+{
+	RlPolicy   *policy = RlPolicyLookup(policy_name);
+
+	call->params = policy->params;
+	call->shadow = policy->shadow;
+	call->stat = policy->stat;
+	RlHashKey(RL_NS_POLICY, policy->name, key, &call->key);
+}
+
+/* apicore.rate_limit_check(policy, key, cost) */
+Datum
+apicore_rate_limit_check(PG_FUNCTION_ARGS)
+{
+	RlCall		call;
+	RlResult	result;
+	text	   *key;
+	int32		cost;
+
+	ApicoreRequirePreload("rate_limit_check");
+	RlRequireArg(fcinfo, 0, "policy");
+	key = RlKeyArg(fcinfo, 1);
+	RlPolicyCall(text_to_cstring(PG_GETARG_TEXT_PP(0)), key, &call);
+	cost = RlCostArg(fcinfo, 2, &call, 1);
+	RlApply(&call, 1, cost, &result);
+	return RlResultDatum(fcinfo, &result);
+}
+
+/* The elements of a one-dimensional text[] argument, none NULL. */
+static int
+RlTextArrayArg(FunctionCallInfo fcinfo, int argno, const char *name, Datum **elems)
+{
+	ArrayType  *array;
+	bool	   *nulls;
+	int			n;
+
+	RlRequireArg(fcinfo, argno, name);
+	array = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("rate limit %s must be a one-dimensional array", name),
+				 errhint("Pass ARRAY['a', 'b'], one element per limit.")));
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("rate limit %s must not contain NULL (element %d)", name, i + 1),
+					 errhint("Pass one policy name and one key per limit.")));
+	return n;
+}
+
+static void
+RlCheckCallCount(int npolicies, int nkeys)
+{
+	if (npolicies != nkeys)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("rate limit policies and keys must have the same length, got %d and %d",
+						npolicies, nkeys),
+				 errhint("Pass one key for each policy, in the same order.")));
+	if (npolicies < 1 || npolicies > RL_MAX_LIMITS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit policies must name 1 to %d limits, got %d", RL_MAX_LIMITS, npolicies),
+				 errhint("Check the limits that matter for this request together.")));
+}
+
+static void
+RlCheckDistinct(const RlCall *calls, int n, Datum *policies, Datum *keys)
+{
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < i; j++)
+			if (calls[i].key.h[0] == calls[j].key.h[0] && calls[i].key.h[1] == calls[j].key.h[1])
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("rate limit policy \"%s\" with key \"%s\" is named twice",
+								TextDatumGetCString(policies[i]), TextDatumGetCString(keys[i])),
+						 errhint("Name each (policy, key) pair once; raise cost to charge more.")));
+}
+
+/* apicore.rate_limit_check(policies[], keys[], cost): all or nothing */
+Datum
+apicore_rate_limit_check_many(PG_FUNCTION_ARGS)
+{
+	RlCall		calls[RL_MAX_LIMITS];
+	RlResult	result;
+	Datum	   *policies;
+	Datum	   *keys;
+	int			n;
+	int32		cost;
+
+	ApicoreRequirePreload("rate_limit_check");
+	n = RlTextArrayArg(fcinfo, 0, "policies", &policies);
+	RlCheckCallCount(n, RlTextArrayArg(fcinfo, 1, "keys", &keys));
+	for (int i = 0; i < n; i++)
+	{
+		text	   *key = DatumGetTextPP(keys[i]);
+
+		if (VARSIZE_ANY_EXHDR(key) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("rate limit key must not be empty (element %d of keys)", i + 1),
+					 errhint("Use what identifies the caller, e.g. the API key or user id.")));
+		RlPolicyCall(TextDatumGetCString(policies[i]), key, &calls[i]);
+	}
+	RlCheckDistinct(calls, n, policies, keys);
+	cost = RlCostArg(fcinfo, 2, calls, n);
+	RlApply(calls, n, cost, &result);
+	return RlResultDatum(fcinfo, &result);
+}
+
+/* apicore.rate_limit_reset(key, policy): forget a key (ad hoc and every policy's, or one policy's) */
+Datum
+apicore_rate_limit_reset(PG_FUNCTION_ARGS)
+{
+	text	   *key;
+	List	   *targets = NIL;
+	bool		removed = false;
+	ListCell   *lc;
+
+	ApicoreRequirePreload("rate_limit_reset");
+	key = RlKeyArg(fcinfo, 0);
+	if (!PG_ARGISNULL(1))
+	{
+		RlKey	   *k = palloc(sizeof(RlKey));
+
+		RlHashKey(RL_NS_POLICY, RlPolicyLookup(text_to_cstring(PG_GETARG_TEXT_PP(1)))->name, key, k);
+		targets = lappend(targets, k);
+	}
+	else
+	{
+		HASH_SEQ_STATUS seq;
+		RlPolicy   *policy;
+		RlKey	   *k = palloc(sizeof(RlKey));
+
+		RlHashKey(RL_NS_ADHOC, NULL, key, k);
+		targets = lappend(targets, k);
+		RlRefreshPolicies();
+		hash_seq_init(&seq, policy_cache);
+		while ((policy = hash_seq_search(&seq)) != NULL)
+		{
+			k = palloc(sizeof(RlKey));
+			RlHashKey(RL_NS_POLICY, policy->name, key, k);
+			targets = lappend(targets, k);
+		}
+	}
+	foreach(lc, targets)
+	{
+		RlKey	   *k = lfirst(lc);
+
+		LWLockAcquire(RlLock(RlPartitionOf(k)), LW_EXCLUSIVE);
+		removed |= RlRemove(k);
+		LWLockRelease(RlLock(RlPartitionOf(k)));
+	}
+	PG_RETURN_BOOL(removed);
+}
+
+static bool
+RlValidPolicyName(const char *name)
+{
+	size_t		len = strlen(name);
+
+	if (len < 1 || len >= NAMEDATALEN)
+		return false;
+	for (const char *c = name; *c; c++)
+		if (!isalnum((unsigned char) *c) && !strchr("_-.:", *c))
+			return false;
+	return true;
+}
+
+/* apicore.rate_limit_policy_set(name, limit, period, burst, algorithm, mode) */
+Datum
+apicore_rate_limit_policy_set(PG_FUNCTION_ARGS)
+{
+	static const Oid types[6] = {TEXTOID, INT4OID, INTERVALOID, INT4OID, TEXTOID, TEXTOID};
+	static const char *const argnames[6] = {"policy name", "\"limit\"", "period", NULL, "algorithm", "mode"};
+	Datum		args[6];
+	char		nulls[6];
+	RlParams	params;
+
+	for (int i = 0; i < 6; i++)
+	{
+		if (argnames[i])
+			RlRequireArg(fcinfo, i, argnames[i]);
+		args[i] = PG_GETARG_DATUM(i);
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	if (!RlValidPolicyName(TextDatumGetCString(args[0])))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit policy name must be 1 to 63 letters, digits, '_', '-', '.' or ':'"),
+				 errhint("Use a name such as 'free', 'pro' or 'search:per_user'.")));
+	RlMakeParams(RlAlgorithm(TextDatumGetCString(args[4])), PG_GETARG_INT32(1),
+				 PG_GETARG_INTERVAL_P(2), !PG_ARGISNULL(3),
+				 PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3), &params);
+	(void) RlModeIsShadow(TextDatumGetCString(args[5]));
+
+	SPI_connect();
+	if (SPI_execute_with_args("INSERT INTO apicore.rate_limit_policy "
+							  "(name, \"limit\", period, burst, algorithm, mode) "
+							  "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET "
+							  "\"limit\" = EXCLUDED.\"limit\", period = EXCLUDED.period, "
+							  "burst = EXCLUDED.burst, algorithm = EXCLUDED.algorithm, "
+							  "mode = EXCLUDED.mode, updated_at = now()",
+							  6, (Oid *) types, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "apicore: could not write apicore.rate_limit_policy");
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * Other backends reload their policy cache when the generation changes; bump
+ * it once the change is visible (commit), or on abort, when this backend
+ * may have cached rows that never were.
+ */
+static void
+RlPolicyXactCallback(XactEvent event, void *arg)
+{
+	if (!policy_changed_in_xact)
+		return;
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
+		if (rl)
+			pg_atomic_fetch_add_u64(&rl->policy_generation, 1);
+		policy_changed_in_xact = false;
+	}
+}
+
+/* statement trigger on apicore.rate_limit_policy */
+Datum
+apicore_rate_limit_policy_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "apicore: _rate_limit_policy_changed must be called as a trigger");
+	if (!policy_xact_callback_registered)
+	{
+		RegisterXactCallback(RlPolicyXactCallback, NULL);
+		policy_xact_callback_registered = true;
+	}
+	policy_changed_in_xact = true;
+	return PointerGetDatum(NULL);
+}
+
+/* ---------- concurrency leases ---------- */
+
+/* Release one lease; false if the token is unknown or its lease ran out. */
+static bool
+RlReleaseLease(const RlKey *key, int64 token)
+{
+	int			part = RlPartitionOf(key);
+	bool		found = false;
+	RlEntry    *e;
+
+	LWLockAcquire(RlLock(part), LW_EXCLUSIVE);
+	e = RlLookup(key);
+	if (e && e->state.kind == RL_CONCURRENCY)
+	{
+		RlPurgeLeases(e, RlNow());
+		for (int32 *link = &e->state.other; *link != RL_NONE; link = &rl_slots[*link].next)
+		{
+			int32		i = *link;
+
+			if (rl_slots[i].token != token)
+				continue;
+			*link = rl_slots[i].next;
+			RlSlotFreeChain(i, i, 1);
+			e->state.count--;
+			found = true;
+			break;
+		}
+		RlPurgeLeases(e, RlNow());	/* recompute rest_at */
+	}
+	LWLockRelease(RlLock(part));
+	return found;
+}
+
+static void
+RlForgetHeldLease(int64 token)
+{
+	ListCell   *lc;
+
+	foreach(lc, held_leases)
+	{
+		RlHeldLease *held = lfirst(lc);
+
+		if (held->token == token)
+		{
+			held_leases = foreach_delete_current(held_leases, lc);
+			pfree(held);
+			return;
+		}
+	}
+}
+
+/* before_shmem_exit: a backend that goes away gives its leases back. */
+static void
+RlReleaseHeldLeases(int code, Datum arg)
+{
+	ListCell   *lc;
+
+	foreach(lc, held_leases)
+	{
+		RlHeldLease *held = lfirst(lc);
+
+		RlReleaseLease(&held->key, held->token);
+	}
+	held_leases = NIL;
+}
+
+/* Take a lease on an entry under its partition lock; the token, or 0 if none is free. */
+static int64
+RlTakeLease(RlEntry *e, int32 max_in_flight, int64 expires_at, int64 now)
+{
+	int32		i;
+
+	if (e->state.kind == RL_FRESH)
+	{
+		e->state.kind = RL_CONCURRENCY;
+		e->state.count = 0;
+		e->state.other = RL_NONE;
+	}
+	RlPurgeLeases(e, now);
+	if (e->state.count >= max_in_flight || (i = RlSlotAlloc()) == RL_NONE)
+		return 0;
+	rl_slots[i].token = (int64) pg_atomic_fetch_add_u64(&rl->next_token, 1);
+	rl_slots[i].expires_at = expires_at;
+	rl_slots[i].pid = MyProcPid;
+	rl_slots[i].next = e->state.other;
+	e->state.other = i;
+	e->state.count++;
+	e->state.rest_at = Max(e->state.rest_at, expires_at);
+	return rl_slots[i].token;
+}
+
+/* apicore.concurrency_acquire(key, max_in_flight, lease) */
+Datum
+apicore_concurrency_acquire(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	RlHeldLease *held;
+	int32		max_in_flight;
+	int64		lease;
+	int64		now;
+	int			part;
+	RlEntry    *e;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	ApicoreRequirePreload("concurrency_acquire");
+	held = MemoryContextAlloc(TopMemoryContext, sizeof(RlHeldLease));
+	RlHashKey(RL_NS_CONCURRENCY, NULL, RlKeyArg(fcinfo, 0), &held->key);
+	RlRequireArg(fcinfo, 1, "max_in_flight");
+	RlRequireArg(fcinfo, 2, "lease");
+	max_in_flight = PG_GETARG_INT32(1);
+	if (max_in_flight < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("concurrency max_in_flight must be 1 or more, got %d", max_in_flight),
+				 errhint("Pass how many requests may run at once for this key.")));
+	lease = RlDurationArg(PG_GETARG_INTERVAL_P(2), "lease");
+	if (!lease_exit_callback_registered)
+	{
+		before_shmem_exit(RlReleaseHeldLeases, (Datum) 0);
+		lease_exit_callback_registered = true;
+	}
+	InitMaterializedSRF(fcinfo, 0);
+
+	now = RlNow();
+	part = RlPartitionOf(&held->key);
+	LWLockAcquire(RlLock(part), LW_EXCLUSIVE);
+	e = RlLookup(&held->key);
+	if (e == NULL)
+		e = RlInsert(&held->key, 1U << part, now);
+	held->token = e ? RlTakeLease(e, max_in_flight, now + lease, now) : 0;
+	values[2] = Int32GetDatum(e ? e->state.count : 0);
+	LWLockRelease(RlLock(part));
+
+	values[0] = BoolGetDatum(held->token != 0 || (e == NULL && rl_when_full == RL_FULL_ALLOW));
+	values[1] = Int64GetDatum(held->token);
+	nulls[1] = held->token == 0;
+	nulls[2] = e == NULL;
+	if (held->token != 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		held_leases = lappend(held_leases, held);
+		MemoryContextSwitchTo(old);
+	}
+	else
+		pfree(held);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
+}
+
+/* apicore.concurrency_release(key, token) */
+Datum
+apicore_concurrency_release(PG_FUNCTION_ARGS)
+{
+	RlKey		key;
+	int64		token;
+	bool		released;
+
+	ApicoreRequirePreload("concurrency_release");
+	RlHashKey(RL_NS_CONCURRENCY, NULL, RlKeyArg(fcinfo, 0), &key);
+	RlRequireArg(fcinfo, 1, "token");
+	token = PG_GETARG_INT64(1);
+	released = RlReleaseLease(&key, token);
+	RlForgetHeldLease(token);
+	PG_RETURN_BOOL(released);
+}
+
+/* ---------- stats, maintenance ---------- */
+
+/* apicore._rate_limit_stats(), behind the view apicore.rate_limit_stats */
+Datum
+apicore_rate_limit_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	RlStat		stats[RL_MAX_STATS];
+	int			nstats;
+	int64		entries_used;
+	int64		slots_used;
+
+	ApicoreRequirePreload("rate_limit_stats");
+	InitMaterializedSRF(fcinfo, 0);
+	SpinLockAcquire(&rl->stats_lock);
+	nstats = rl->nstats;
+	for (int i = 0; i < nstats; i++)
+		memcpy(stats[i].name, rl->stats[i].name, NAMEDATALEN);
+	SpinLockRelease(&rl->stats_lock);
+	SpinLockAcquire(&rl->pool_lock);
+	entries_used = rl->entries_used;
+	slots_used = rl->slots_used;
+	SpinLockRelease(&rl->pool_lock);
+
+	for (int i = 0; i < nstats; i++)
+	{
+		Datum		values[9];
+		bool		nulls[9] = {i == 0, false, false, false, false, false, false, false, false};
+
+		values[0] = CStringGetTextDatum(stats[i].name);
+		values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&rl->stats[i].allowed));
+		values[2] = Int64GetDatum((int64) pg_atomic_read_u64(&rl->stats[i].rejected));
+		values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&rl->stats[i].shadow_rejected));
+		values[4] = Int64GetDatum(entries_used);
+		values[5] = Int64GetDatum((int64) rl->max_keys);
+		values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&rl->evictions));
+		values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&rl->full_events));
+		values[8] = Int64GetDatum(slots_used);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* apicore._rate_limit_maintain(): the rate-limit housekeeping task */
+Datum
+apicore_rate_limit_maintain(PG_FUNCTION_ARGS)
+{
+	int64		now;
+	int			keys = 0;
+	int			leases = 0;
+	int64		in_use;
+
+	if (!apicore_preloaded)
+		PG_RETURN_TEXT_P(cstring_to_text("skipped: rate limits need apicore in shared_preload_libraries"));
+	now = RlNow();
+	for (int part = 0; part < RL_PARTITIONS; part++)
+	{
+		LWLockAcquire(RlLock(part), LW_EXCLUSIVE);
+		keys += RlReclaimPartition(part, now, &leases);
+		LWLockRelease(RlLock(part));
+	}
+	SpinLockAcquire(&rl->pool_lock);
+	in_use = rl->entries_used;
+	SpinLockRelease(&rl->pool_lock);
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("reclaimed %d keys at rest and %d expired leases; %lld of %d keys in use",
+											  keys, leases, (long long) in_use, rl->max_keys)));
+}
+
+/* ---------- saved at clean shutdown, restored at start ---------- */
+
+typedef struct RlFileHeader
+{
+	uint32		magic;
+	uint32		record_size;
+	uint8		hash_key[crypto_shorthash_siphashx24_KEYBYTES];
+	int64		count;
+} RlFileHeader;
+
+typedef struct RlFileRecord
+{
+	RlKey		key;
+	RlState		state;
+} RlFileRecord;
+
+/* Rate-limit states still in effect; leases die with their backends. */
+static bool
+RlWorthSaving(const RlEntry *e, int64 now)
+{
+	return e->state.kind != RL_CONCURRENCY && e->state.kind != RL_FRESH &&
+		e->state.rest_at > now;
+}
+
+static int64
+RlWriteEntries(FILE *file, int64 now)
+{
+	int64		count = 0;
+	int			nbuckets = RL_PARTITIONS * rl->buckets_per_partition;
+
+	for (int b = 0; b < nbuckets; b++)
+		for (int32 i = rl_buckets[b]; i != RL_NONE; i = rl_entries[i].next)
+		{
+			RlFileRecord rec;
+
+			if (!RlWorthSaving(&rl_entries[i], now))
+				continue;
+			memset(&rec, 0, sizeof(rec));
+			rec.key = rl_entries[i].key;
+			rec.state = rl_entries[i].state;
+			if (file && fwrite(&rec, sizeof(rec), 1, file) != 1)
+				return -1;
+			count++;
+		}
+	return count;
+}
+
+/* on_shmem_exit in the postmaster: after a crash (code != 0) nothing is saved */
+static void
+RlSaveAtShutdown(int code, Datum arg)
+{
+	RlFileHeader header;
+	FILE	   *file;
+	int64		now = GetCurrentTimestamp();
+
+	if (code != 0 || rl == NULL)
+		return;
+	memset(&header, 0, sizeof(header));
+	header.magic = RL_FILE_MAGIC;
+	header.record_size = sizeof(RlFileRecord);
+	memcpy(header.hash_key, rl->hash_key, sizeof(header.hash_key));
+	header.count = RlWriteEntries(NULL, now);
+	file = AllocateFile(RL_FILE ".tmp", PG_BINARY_W);
+	if (file == NULL ||
+		fwrite(&header, sizeof(header), 1, file) != 1 ||
+		RlWriteEntries(file, now) != header.count ||
+		FreeFile(file) != 0)
+	{
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("apicore: could not write rate-limit state to \"%s\": %m", RL_FILE ".tmp")));
+		unlink(RL_FILE ".tmp");
+		return;
+	}
+	(void) durable_rename(RL_FILE ".tmp", RL_FILE, LOG);
+}
+
+/* At startup, before any backend: load the saved file once, then remove it. */
+static void
+RlRestore(void)
+{
+	RlFileHeader header;
+	FILE	   *file = AllocateFile(RL_FILE, PG_BINARY_R);
+	int64		restored = 0;
+
+	if (file == NULL)
+		return;
+	if (fread(&header, sizeof(header), 1, file) == 1 &&
+		header.magic == RL_FILE_MAGIC && header.record_size == sizeof(RlFileRecord))
+	{
+		memcpy(rl->hash_key, header.hash_key, sizeof(rl->hash_key));
+		for (int64 n = 0; n < header.count; n++)
+		{
+			RlFileRecord rec;
+			int32		i;
+
+			if (fread(&rec, sizeof(rec), 1, file) != 1 || (i = RlEntryAlloc()) == RL_NONE)
+				break;
+			RlLinkNew(i, &rec.key)->state = rec.state;
+			restored++;
+		}
+	}
+	FreeFile(file);
+	unlink(RL_FILE);
+	ereport(LOG, (errmsg("apicore: restored %lld rate-limit keys from \"%s\"",
+						 (long long) restored, RL_FILE)));
 }

@@ -1,0 +1,150 @@
+-- 30_rate_limit.sql — rate limits (API.md section 3): the result type, the
+-- policy table, the C functions over shared memory, stats and housekeeping.
+
+CREATE TYPE apicore.rate_limit_result AS (
+    allowed     bool,
+    "limit"     int,
+    remaining   int,
+    retry_after float8,
+    reset_after float8
+);
+COMMENT ON TYPE apicore.rate_limit_result IS
+    'verdict of a rate-limit check: retry_after is -1 when allowed; seconds, exact to the microsecond';
+
+CREATE FUNCTION apicore.rate_limit(key text, "limit" int, period interval,
+                                   burst int DEFAULT NULL, cost int DEFAULT 1)
+    RETURNS apicore.rate_limit_result
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit';
+COMMENT ON FUNCTION apicore.rate_limit(text, int, interval, int, int) IS
+    'GCRA as redis-cell CL.THROTTLE: "limit" per period, bursts of up to burst (default "limit"); cost 0 peeks';
+
+-- Named policies: dumped with the database, cached by each backend.
+CREATE TABLE apicore.rate_limit_policy (
+    name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.:-]{1,63}$'),
+    "limit"    int NOT NULL CHECK ("limit" > 0),
+    period     interval NOT NULL CHECK (period > '0'::interval AND period <= '3660 days'::interval),
+    burst      int CHECK (burst > 0),
+    algorithm  text NOT NULL DEFAULT 'gcra'
+               CHECK (algorithm IN ('gcra', 'fixed_window', 'sliding_window')),
+    mode       text NOT NULL DEFAULT 'enforce' CHECK (mode IN ('enforce', 'shadow')),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE apicore.rate_limit_policy IS
+    'named rate limits for apicore.rate_limit_check(); change with rate_limit_policy_set/_drop';
+SELECT pg_catalog.pg_extension_config_dump('apicore.rate_limit_policy', '');
+
+CREATE FUNCTION apicore._rate_limit_policy_changed() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_policy_changed';
+CREATE TRIGGER rate_limit_policy_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apicore.rate_limit_policy
+    FOR EACH STATEMENT EXECUTE FUNCTION apicore._rate_limit_policy_changed();
+
+CREATE FUNCTION apicore.rate_limit_policy_set(name text, "limit" int, period interval,
+                                              burst int DEFAULT NULL,
+                                              algorithm text DEFAULT 'gcra',
+                                              mode text DEFAULT 'enforce')
+    RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_policy_set';
+COMMENT ON FUNCTION apicore.rate_limit_policy_set(text, int, interval, int, text, text) IS
+    'create or replace a named policy; algorithm gcra | fixed_window | sliding_window, mode enforce | shadow';
+
+CREATE FUNCTION apicore.rate_limit_policy_drop(name text) RETURNS bool
+    LANGUAGE sql VOLATILE
+    AS $$ WITH gone AS (DELETE FROM apicore.rate_limit_policy p WHERE p.name = $1 RETURNING 1)
+          SELECT count(*) > 0 FROM gone $$;
+COMMENT ON FUNCTION apicore.rate_limit_policy_drop(text) IS
+    'drop a named policy; false if there was none';
+
+CREATE FUNCTION apicore.rate_limit_check(policy text, key text, cost int DEFAULT 1)
+    RETURNS apicore.rate_limit_result
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_check';
+COMMENT ON FUNCTION apicore.rate_limit_check(text, text, int) IS
+    'check and consume from a named policy for key; shadow policies never reject';
+
+CREATE FUNCTION apicore.rate_limit_check(policies text[], keys text[], cost int DEFAULT 1)
+    RETURNS apicore.rate_limit_result
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_check_many';
+COMMENT ON FUNCTION apicore.rate_limit_check(text[], text[], int) IS
+    'all or nothing: allowed only if every enforced limit allows; a rejected call consumes from none';
+
+CREATE FUNCTION apicore.rate_limit_reset(key text, policy text DEFAULT NULL) RETURNS bool
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_reset';
+COMMENT ON FUNCTION apicore.rate_limit_reset(text, text) IS
+    'forget key (ad hoc and under every policy, or under one policy); true if it had state';
+
+-- IETF draft-ietf-httpapi-ratelimit-headers-09 fields, ready to send.
+CREATE FUNCTION apicore.rate_limit_headers(r apicore.rate_limit_result, policy text DEFAULT NULL,
+                                           period interval DEFAULT NULL)
+    RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    quota  int := r."limit";
+    win    interval := period;
+    name   text := coalesce(policy, 'default');
+    item   text;
+    result jsonb;
+BEGIN
+    IF r IS NULL OR r.allowed IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004',
+            MESSAGE = 'rate_limit_headers: r must not be NULL',
+            HINT = 'Pass the result of apicore.rate_limit() or apicore.rate_limit_check().';
+    END IF;
+    IF policy IS NOT NULL THEN
+        SELECT p."limit", p.period INTO quota, win
+          FROM apicore.rate_limit_policy p WHERE p.name = policy;
+        quota := coalesce(quota, r."limit");
+        win := coalesce(win, period);
+    END IF;
+    -- a structured-field string: escape backslash and double quote
+    item := '"' || replace(replace(name, '\', '\\'), '"', '\"') || '"';
+    result := jsonb_build_object(
+        'RateLimit-Policy', item || ';q=' || quota
+            || coalesce(';w=' || ceil(extract(epoch FROM win))::bigint, ''),
+        'RateLimit', item || ';r=' || greatest(r.remaining, 0)
+            || ';t=' || ceil(greatest(r.reset_after, 0))::bigint);
+    IF NOT r.allowed THEN
+        -- delay-seconds, rounded up: a client that waits this long is allowed
+        result := result || jsonb_build_object('Retry-After',
+            greatest(ceil(r.retry_after), 1)::bigint::text);
+    END IF;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION apicore.rate_limit_headers(apicore.rate_limit_result, text, interval) IS
+    'RateLimit-Policy, RateLimit and (when rejected) Retry-After header values';
+
+CREATE FUNCTION apicore.concurrency_acquire(key text, max_in_flight int,
+                                            lease interval DEFAULT '1 minute')
+    RETURNS TABLE (acquired bool, token bigint, in_flight int)
+    LANGUAGE c VOLATILE ROWS 1
+    AS 'MODULE_PATHNAME', 'apicore_concurrency_acquire';
+COMMENT ON FUNCTION apicore.concurrency_acquire(text, int, interval) IS
+    'take one of max_in_flight slots for key; freed by release, lease expiry or the backend exiting';
+
+CREATE FUNCTION apicore.concurrency_release(key text, token bigint) RETURNS bool
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_concurrency_release';
+COMMENT ON FUNCTION apicore.concurrency_release(text, bigint) IS
+    'give back a slot; false if the token is unknown or its lease already ran out';
+
+CREATE FUNCTION apicore._rate_limit_stats()
+    RETURNS TABLE (policy text, allowed bigint, rejected bigint, shadow_rejected bigint,
+                   keys_in_use bigint, capacity bigint, evictions bigint, full_events bigint,
+                   leases_in_flight bigint)
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_stats';
+CREATE VIEW apicore.rate_limit_stats AS SELECT * FROM apicore._rate_limit_stats();
+COMMENT ON VIEW apicore.rate_limit_stats IS
+    'per policy (NULL: ad hoc rate_limit calls) allowed, rejected, shadow_rejected; table-wide keys in use, capacity, evictions, full events, leases';
+
+CREATE FUNCTION apicore._rate_limit_maintain() RETURNS text
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_maintain';
+INSERT INTO apicore.maintenance_task VALUES ('rate_limit_housekeeping', 'apicore._rate_limit_maintain', 40);

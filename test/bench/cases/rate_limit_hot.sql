@@ -1,0 +1,1 @@
+SELECT apicore.rate_limit('hot', 100, '1 second');
