@@ -1,11 +1,1639 @@
 /*
- * saga.c — placeholder until the saga capability lands.
+ * saga.c — saga state tracking: the SQL functions of API.md section 4 and
+ * the saga maintenance tasks.
+ *
+ * Owns the state machine over the tables of sql/install/40_saga.sql:
+ *
+ *   saga.state:      running -> completed
+ *                    running -> compensating -> compensated | cancelled
+ *                    compensating -> failed (dead letter) -> operator retry / resolve
+ *   saga_step.state: runnable -> claimed -> succeeded | runnable (retry) | failed
+ *                    runnable | claimed -> cancelled (cancel, resolve)
+ *
+ * A saga's row lock serialises its transitions: every function that moves a
+ * saga locks its row first, then its step rows, so two of them never
+ * deadlock.  saga_claim only locks runnable step rows (SKIP LOCKED) and
+ * heartbeat only a claimed one; neither waits for a saga lock.  Every
+ * transition is compare-and-set on (saga, step, attempt) and is appended to
+ * apicore.saga_transition with its actor and reason.
+ *
+ * All SQL goes through plans prepared once per backend (SagaExec).
  */
 #include "postgres.h"
 
+#include <sodium.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "parser/parse_func.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
 #include "apicore.h"
+
+#define MAX_STEPS 100
+#define MAX_NAME_LEN 200
+#define MAX_MAX_STEPS 1000
+#define DEFAULT_TIMEOUT "30 seconds"
+#define DEFAULT_MAX_ATTEMPTS 3
+#define DEFAULT_BACKOFF "1 second"
+#define DEFAULT_MAX_BACKOFF "5 minutes"
+#define APICORE_ACTOR "apicore"
+
+/* Settings */
+static int	saga_retention_s = 7 * 24 * 3600;
+static int	saga_maintenance_batch = 1000;
+static bool saga_notify = true;
+
+PG_FUNCTION_INFO_V1(apicore_saga_define);
+PG_FUNCTION_INFO_V1(apicore_saga_start);
+PG_FUNCTION_INFO_V1(apicore_saga_claim);
+PG_FUNCTION_INFO_V1(apicore_saga_step_succeeded);
+PG_FUNCTION_INFO_V1(apicore_saga_step_failed);
+PG_FUNCTION_INFO_V1(apicore_saga_heartbeat);
+PG_FUNCTION_INFO_V1(apicore_saga_cancel);
+PG_FUNCTION_INFO_V1(apicore_saga_retry);
+PG_FUNCTION_INFO_V1(apicore_saga_resolve);
+PG_FUNCTION_INFO_V1(apicore_saga_get);
+PG_FUNCTION_INFO_V1(apicore_saga_reclaim_leases);
+PG_FUNCTION_INFO_V1(apicore_saga_fire_deadlines);
+PG_FUNCTION_INFO_V1(apicore_saga_run_local_steps);
+PG_FUNCTION_INFO_V1(apicore_saga_retention);
+
+/* ---------- prepared plans ---------- */
+
+typedef enum SagaPlanId
+{
+	PLAN_DEF_LOCK,
+	PLAN_DEF_LATEST,
+	PLAN_DEF_INSERT,
+	PLAN_DEF_STEP_INSERT,
+	PLAN_SAGA_INSERT,
+	PLAN_SAGA_EXISTING,
+	PLAN_SAGA_LOCK,
+	PLAN_SAGA_SET_STATE,
+	PLAN_SAGA_MOVE,
+	PLAN_SAGA_OUTPUT,
+	PLAN_SAGA_CANCEL_REASON,
+	PLAN_SAGA_DATA,
+	PLAN_LOG,
+	PLAN_STEP_INSERT,
+	PLAN_STEP_SUCCEED,
+	PLAN_STEP_CLAIM_ONE,
+	PLAN_STEP_CLAIMED,
+	PLAN_STEP_LATEST,
+	PLAN_STEP_CURRENT,
+	PLAN_STEP_SET,
+	PLAN_STEP_STOP,
+	PLAN_STEP_REARM,
+	PLAN_NEXT_COMPENSATION,
+	PLAN_CLAIM,
+	PLAN_DUE_LOCAL_STEPS,
+	PLAN_HEARTBEAT,
+	PLAN_EXPIRED_SAGAS,
+	PLAN_DEADLINE_SAGAS,
+	PLAN_RETENTION_SAGAS,
+	PLAN_RETENTION_LOG,
+	PLAN_GET,
+	NUM_PLANS
+} SagaPlanId;
+
+typedef struct SagaPlanDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[11];
+} SagaPlanDef;
+
+static const SagaPlanDef plan_defs[NUM_PLANS] = {
+	[PLAN_DEF_LOCK] = {"SELECT pg_advisory_xact_lock(hashtext('apicore.saga_define'), hashtext($1))",
+	1, {TEXTOID}},
+	[PLAN_DEF_LATEST] = {"SELECT version, steps = $2 FROM apicore.saga_definition "
+		"WHERE name = $1 ORDER BY version DESC LIMIT 1", 2, {TEXTOID, JSONBOID}},
+	[PLAN_DEF_INSERT] = {"INSERT INTO apicore.saga_definition (name, version, steps) "
+	"VALUES ($1, $2, $3)", 3, {TEXTOID, INT4OID, JSONBOID}},
+	[PLAN_DEF_STEP_INSERT] = {"INSERT INTO apicore.saga_definition_step VALUES "
+		"($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11,
+		{TEXTOID, INT4OID, INT4OID, TEXTOID, TEXTOID, REGPROCEDUREOID, REGPROCEDUREOID,
+	INTERVALOID, INT4OID, INTERVALOID, INTERVALOID}},
+	[PLAN_SAGA_INSERT] = {"INSERT INTO apicore.saga (id, definition, version, payload, deadline) "
+		"VALUES ($1, $2, $3, $4, now() + $5) ON CONFLICT (id) DO NOTHING RETURNING 1",
+	5, {UUIDOID, TEXTOID, INT4OID, JSONBOID, INTERVALOID}},
+	[PLAN_SAGA_EXISTING] = {"SELECT definition = $2 AND payload = $3 FROM apicore.saga WHERE id = $1",
+	3, {UUIDOID, TEXTOID, JSONBOID}},
+	[PLAN_SAGA_LOCK] = {"SELECT state, position, direction, cancel_reason IS NOT NULL "
+	"FROM apicore.saga WHERE id = $1 FOR UPDATE", 1, {UUIDOID}},
+	[PLAN_SAGA_SET_STATE] = {"UPDATE apicore.saga SET state = $2, updated_at = now(), "
+		"  finished_at = CASE WHEN $2 IN ('completed', 'compensated', 'cancelled') THEN now() END, "
+		"  outputs = CASE WHEN $3 IS NULL THEN outputs ELSE outputs || jsonb_build_object($3, $4) END "
+	"WHERE id = $1", 4, {UUIDOID, TEXTOID, TEXTOID, JSONBOID}},
+	[PLAN_SAGA_MOVE] = {"UPDATE apicore.saga SET position = $2, direction = $3, updated_at = now() "
+	"WHERE id = $1", 3, {UUIDOID, INT4OID, TEXTOID}},
+	[PLAN_SAGA_OUTPUT] = {"UPDATE apicore.saga SET outputs = outputs || jsonb_build_object($2::text, $3::jsonb) "
+	"WHERE id = $1", 3, {UUIDOID, TEXTOID, JSONBOID}},
+	[PLAN_SAGA_CANCEL_REASON] = {"UPDATE apicore.saga SET cancel_reason = $2 WHERE id = $1",
+	2, {UUIDOID, TEXTOID}},
+	[PLAN_SAGA_DATA] = {"SELECT payload, outputs FROM apicore.saga WHERE id = $1", 1, {UUIDOID}},
+	[PLAN_LOG] = {"INSERT INTO apicore.saga_transition "
+		"(saga, step, direction, attempt, from_state, to_state, actor, reason) "
+		"VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+	8, {UUIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}},
+	/*
+	 * A step run becomes runnable: its settings are copied from the
+	 * definition, the saga moves to it (recording the output of the step
+	 * before, if any) and the transition is logged, in one statement.  No
+	 * row when the definition has no step at $2.
+	 */
+	[PLAN_STEP_INSERT] = {"WITH n AS ("
+		"  INSERT INTO apicore.saga_step (saga, position, direction, step, action, "
+		"    definition, function, max_attempts, timeout, backoff, max_backoff) "
+		"  SELECT g.id, d.position, $3, d.name, "
+		"    CASE WHEN $3 = 'forward' THEN d.name ELSE coalesce(d.compensate, d.compensate_function::text) END, "
+		"    d.definition, CASE WHEN $3 = 'forward' THEN d.function ELSE d.compensate_function END, "
+		"    d.max_attempts, d.timeout, d.backoff, d.max_backoff "
+		"  FROM apicore.saga g JOIN apicore.saga_definition_step d "
+		"    ON d.definition = g.definition AND d.version = g.version AND d.position = $2 "
+		"  WHERE g.id = $1 "
+		"  RETURNING position, step, definition, function IS NOT NULL AS local), "
+		"m AS ("
+		"  UPDATE apicore.saga g SET position = coalesce((SELECT n.position FROM n), g.position), "
+		"    direction = CASE WHEN EXISTS (SELECT FROM n) THEN $3 ELSE g.direction END, "
+		"    outputs = CASE WHEN $5::text IS NULL THEN g.outputs "
+		"      ELSE g.outputs || jsonb_build_object($5::text, $6::jsonb) END, "
+		"    updated_at = now() "
+		"  WHERE g.id = $1), "
+		"l AS ("
+		"  INSERT INTO apicore.saga_transition (saga, step, direction, to_state, actor) "
+		"  SELECT $1, step, $3, 'runnable', $4 FROM n) "
+		"SELECT step, definition, local FROM n",
+	6, {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID}},
+	/* compare-and-set: the claimed run at this attempt succeeded; logged */
+	[PLAN_STEP_SUCCEED] = {"WITH s AS ("
+		"  UPDATE apicore.saga_step SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
+		"    updated_at = now() "
+		"  WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'claimed' AND attempt = $6 "
+		"  RETURNING step, direction, attempt) "
+		"INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
+		"SELECT $1, step, direction, attempt, 'claimed', 'succeeded', $5 FROM s",
+	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}},
+	[PLAN_STEP_CLAIM_ONE] = {"UPDATE apicore.saga_step SET state = 'claimed', attempt = attempt + 1, "
+		"  worker = $4, lease_expires_at = now() + timeout, updated_at = now() "
+		"WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'runnable' "
+		"RETURNING step, attempt, max_attempts, backoff, max_backoff, function::oid",
+	4, {UUIDOID, INT4OID, TEXTOID, TEXTOID}},
+	[PLAN_STEP_CLAIMED] = {"SELECT position, direction, step, attempt, max_attempts, backoff, max_backoff, "
+		"  function::oid, worker "
+		"FROM apicore.saga_step WHERE saga = $1 AND step = $2 AND state = 'claimed'",
+	2, {UUIDOID, TEXTOID}},
+	[PLAN_STEP_LATEST] = {"SELECT state, attempt FROM apicore.saga_step WHERE saga = $1 AND step = $2 "
+	"ORDER BY updated_at DESC, direction DESC LIMIT 1", 2, {UUIDOID, TEXTOID}},
+	[PLAN_STEP_CURRENT] = {"SELECT s.state, s.step, s.attempt, s.worker, s.lease_expires_at::text "
+		"FROM apicore.saga_step s WHERE s.saga = $1 AND s.position = $2 AND s.direction = $3",
+	3, {UUIDOID, INT4OID, TEXTOID}},
+	[PLAN_STEP_SET] = {"UPDATE apicore.saga_step SET state = $4, output = $5, last_error = $6, "
+		"  run_after = coalesce($7, run_after), lease_expires_at = NULL, updated_at = now() "
+		"WHERE saga = $1 AND position = $2 AND direction = $3",
+	7, {UUIDOID, INT4OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TIMESTAMPTZOID}},
+	/* cancel (runnable only) or resolve (claimed too) stops the active run */
+	[PLAN_STEP_STOP] = {"UPDATE apicore.saga_step SET state = 'cancelled', lease_expires_at = NULL, "
+		"  updated_at = now() "
+		"WHERE saga = $1 AND (state = 'runnable' OR ($2 AND state = 'claimed')) "
+		"RETURNING position, direction, step, attempt",
+	2, {UUIDOID, BOOLOID}},
+	/* operator retry: runnable now, with a fresh budget of attempts if it had given up */
+	[PLAN_STEP_REARM] = {"UPDATE apicore.saga_step s SET state = 'runnable', run_after = now(), "
+		"  updated_at = now(), max_attempts = CASE WHEN s.state = 'runnable' THEN s.max_attempts "
+		"    ELSE s.attempt + d.max_attempts END "
+		"FROM apicore.saga g, apicore.saga_definition_step d "
+		"WHERE s.saga = $1 AND s.position = $2 AND s.direction = $3 AND g.id = s.saga "
+		"  AND d.definition = g.definition AND d.version = g.version AND d.position = s.position "
+		"RETURNING s.step, s.definition, s.function IS NOT NULL",
+	3, {UUIDOID, INT4OID, TEXTOID}},
+	/* the next step to compensate: the highest succeeded one below $2 that has a compensation */
+	[PLAN_NEXT_COMPENSATION] = {"SELECT s.position FROM apicore.saga_step s "
+		"JOIN apicore.saga g ON g.id = s.saga "
+		"JOIN apicore.saga_definition_step d "
+		"  ON d.definition = g.definition AND d.version = g.version AND d.position = s.position "
+		"WHERE s.saga = $1 AND s.direction = 'forward' AND s.state = 'succeeded' AND s.position < $2 "
+		"  AND (d.compensate IS NOT NULL OR d.compensate_function IS NOT NULL) "
+		"ORDER BY s.position DESC LIMIT 1", 2, {UUIDOID, INT4OID}},
+	[PLAN_CLAIM] = {"WITH c AS ("
+		"  SELECT saga, position, direction FROM apicore.saga_step "
+		"   WHERE state = 'runnable' AND run_after <= now() "
+		"     AND ($2::text[] IS NULL OR definition = ANY ($2)) AND function IS NULL "
+		"   ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED), "
+		"u AS ("
+		"  UPDATE apicore.saga_step s SET state = 'claimed', attempt = s.attempt + 1, worker = $1, "
+		"         lease_expires_at = now() + s.timeout, updated_at = now() "
+		"    FROM c WHERE s.saga = c.saga AND s.position = c.position AND s.direction = c.direction "
+		"  RETURNING s.*), "
+		"l AS ("
+		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
+		"  SELECT saga, step, direction, attempt, 'runnable', 'claimed', $1 FROM u) "
+		"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, g.outputs, "
+		"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action "
+		"FROM u JOIN apicore.saga g ON g.id = u.saga ORDER BY u.run_after",
+	3, {TEXTOID, TEXTARRAYOID, INT4OID}},
+	[PLAN_DUE_LOCAL_STEPS] = {"SELECT g.id, s.position, s.direction FROM apicore.saga_step s "
+		"JOIN apicore.saga g ON g.id = s.saga "
+		"WHERE s.state = 'runnable' AND s.run_after <= now() AND s.function IS NOT NULL "
+		"ORDER BY s.run_after LIMIT $1 FOR UPDATE OF g SKIP LOCKED", 1, {INT4OID}},
+	[PLAN_HEARTBEAT] = {"UPDATE apicore.saga_step SET lease_expires_at = now() + timeout, updated_at = now() "
+		"WHERE saga = $1 AND step = $2 AND state = 'claimed' AND attempt = $3 RETURNING lease_expires_at",
+	3, {UUIDOID, TEXTOID, INT4OID}},
+	[PLAN_EXPIRED_SAGAS] = {"SELECT g.id FROM apicore.saga_step s JOIN apicore.saga g ON g.id = s.saga "
+		"WHERE s.state = 'claimed' AND s.lease_expires_at < now() "
+		"ORDER BY s.lease_expires_at LIMIT $1 FOR UPDATE OF g SKIP LOCKED",
+	1, {INT4OID}},
+	[PLAN_DEADLINE_SAGAS] = {"SELECT id FROM apicore.saga "
+		"WHERE state = 'running' AND deadline IS NOT NULL AND deadline < now() "
+	"ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED", 1, {INT4OID}},
+	/* a finished saga goes with its steps (ON DELETE CASCADE) in one statement */
+	[PLAN_RETENTION_SAGAS] = {"WITH doomed AS ("
+		"  SELECT id FROM apicore.saga "
+		"   WHERE finished_at < now() - make_interval(secs => $1) "
+		"   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
+		"gone AS (DELETE FROM apicore.saga g USING doomed WHERE g.id = doomed.id RETURNING g.id) "
+		"SELECT count(*)::int, array_agg(id) FROM gone", 2, {INT4OID, INT4OID}},
+	[PLAN_RETENTION_LOG] = {"DELETE FROM apicore.saga_transition WHERE saga = ANY ($1)",
+	1, {UUIDARRAYOID}},
+	[PLAN_GET] = {"SELECT jsonb_build_object("
+		"  'saga_id', g.id, 'definition', g.definition, 'version', g.version, 'state', g.state, "
+		"  'payload', g.payload, 'outputs', g.outputs, 'deadline', g.deadline, "
+		"  'cancel_reason', g.cancel_reason, 'created_at', g.created_at, 'updated_at', g.updated_at, "
+		"  'current_step', (SELECT c.step FROM apicore.saga_step c WHERE c.saga = g.id "
+		"                    AND c.position = g.position AND c.direction = g.direction), "
+		"  'direction', g.direction, "
+		"  'steps', coalesce((SELECT jsonb_agg(jsonb_build_object("
+		"      'step', s.step, 'position', s.position, 'direction', s.direction, 'action', s.action, "
+		"      'local', s.function IS NOT NULL, 'state', s.state, 'attempt', s.attempt, "
+		"      'max_attempts', s.max_attempts, 'run_after', s.run_after, "
+		"      'lease_expires_at', s.lease_expires_at, 'worker', s.worker, 'last_error', s.last_error, "
+		"      'output', s.output, 'idempotency_key', s.saga || ':' || s.step || ':' || s.direction) "
+		"    ORDER BY s.direction DESC, CASE WHEN s.direction = 'forward' THEN s.position ELSE -s.position END) "
+		"    FROM apicore.saga_step s WHERE s.saga = g.id), '[]')) "
+		"FROM apicore.saga g WHERE g.id = $1", 1, {UUIDOID}},
+};
+
+static SPIPlanPtr plans[NUM_PLANS];
+
+/* Run a plan (prepared on first use, kept for the backend's life). */
+static int
+SagaExec(SagaPlanId id, Datum *values, const char *nulls, bool read_only, long count)
+{
+	int			rc;
+
+	if (plans[id] == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(plan_defs[id].sql, plan_defs[id].nargs,
+									   (Oid *) plan_defs[id].argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "apicore: could not prepare saga plan %d: %s",
+				 (int) id, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		plans[id] = plan;
+	}
+	rc = SPI_execute_plan(plans[id], values, nulls, read_only, count);
+	if (rc < 0)
+		elog(ERROR, "apicore: saga plan %d failed: %s", (int) id, SPI_result_code_string(rc));
+	return rc;
+}
+
+/* Column `col` (1-based) of result row `row`; isnull optional. */
+static Datum
+ResultValue(int row, int col, bool *isnull)
+{
+	bool		dummy;
+
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col,
+						 isnull ? isnull : &dummy);
+}
+
+static char *
+ResultText(int row, int col)
+{
+	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+}
+
+/* ---------- argument checks ---------- */
+
+static void
+RequireArg(FunctionCallInfo fcinfo, int argno, const char *name, const char *hint)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("apicore: %s must not be NULL", name),
+				 errhint("%s", hint)));
+}
+
+/* A required text argument of 1..MAX_NAME_LEN characters. */
+static char *
+NameArg(FunctionCallInfo fcinfo, int argno, const char *name, const char *hint)
+{
+	char	   *value;
+	int			len;
+
+	RequireArg(fcinfo, argno, name, hint);
+	value = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	len = pg_mbstrlen(value);
+	if (len < 1 || len > MAX_NAME_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apicore: %s must be 1 to %d characters, got %d", name, MAX_NAME_LEN, len),
+				 errhint("%s", hint)));
+	return value;
+}
+
+static char *
+ActorName(void)
+{
+	return GetUserNameFromId(GetUserId(), false);
+}
+
+/* ---------- the audit log ---------- */
+
+static void
+LogTransition(pg_uuid_t *saga, const char *step, const char *direction, int attempt,
+			  const char *from, const char *to, const char *actor, const char *reason)
+{
+	Datum		values[8];
+	char		nulls[8] = "        ";
+
+	values[0] = UUIDPGetDatum(saga);
+	values[1] = step ? CStringGetTextDatum(step) : (Datum) 0;
+	nulls[1] = step ? ' ' : 'n';
+	values[2] = direction ? CStringGetTextDatum(direction) : (Datum) 0;
+	nulls[2] = direction ? ' ' : 'n';
+	values[3] = Int32GetDatum(attempt);
+	nulls[3] = attempt > 0 ? ' ' : 'n';
+	values[4] = from ? CStringGetTextDatum(from) : (Datum) 0;
+	nulls[4] = from ? ' ' : 'n';
+	values[5] = CStringGetTextDatum(to);
+	values[6] = CStringGetTextDatum(actor);
+	values[7] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
+	nulls[7] = reason ? ' ' : 'n';
+	SagaExec(PLAN_LOG, values, nulls, false, 0);
+}
+
+/* ---------- the saga row ---------- */
+
+typedef struct SagaRow
+{
+	pg_uuid_t	id;
+	char	   *state;
+	int			position;
+	char	   *direction;
+	bool		cancelling;		/* saga_cancel or a deadline asked to stop */
+
+	/*
+	 * The output of a forward step that just succeeded, not yet written to
+	 * saga.outputs: the next update of the saga row takes it along, so a
+	 * report costs one saga update, not two.
+	 */
+	char	   *output_step;
+	Datum		output;
+	bool		output_null;
+} SagaRow;
+
+/* One run of a step that has just been claimed (by a worker or by apicore). */
+typedef struct StepRun
+{
+	int			position;
+	char	   *direction;
+	char	   *step;
+	int			attempt;
+	int			max_attempts;
+	Interval   *backoff;
+	Interval   *max_backoff;
+	Oid			function;		/* InvalidOid: not a local step */
+	char	   *worker;
+} StepRun;
+
+static void SagaAdvanceFrom(SagaRow *saga, StepRun *run, bool succeeded, const char *actor);
+static void SagaStepFailed(SagaRow *saga, StepRun *run, const char *error, bool retryable,
+						   const char *actor);
+
+/* Lock the saga row; NULL when there is no such saga. */
+static SagaRow *
+LockSaga(pg_uuid_t *id)
+{
+	Datum		values[1] = {UUIDPGetDatum(id)};
+	SagaRow    *saga;
+
+	SagaExec(PLAN_SAGA_LOCK, values, NULL, false, 1);
+	if (SPI_processed == 0)
+		return NULL;
+	saga = palloc0(sizeof(SagaRow));
+	saga->id = *id;
+	saga->state = ResultText(0, 1);
+	saga->position = DatumGetInt32(ResultValue(0, 2, NULL));
+	saga->direction = ResultText(0, 3);
+	saga->cancelling = DatumGetBool(ResultValue(0, 4, NULL));
+	return saga;
+}
+
+static SagaRow *
+LockSagaOrError(pg_uuid_t *id)
+{
+	SagaRow    *saga = LockSaga(id);
+
+	if (saga == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("apicore: saga_id %s does not exist",
+						DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)))),
+				 errhint("Pass the id returned by apicore.saga_start; finished sagas are removed after apicore.saga_retention.")));
+	return saga;
+}
+
+/* Fill (step, output) parameters with the pending output, or NULLs. */
+static void
+TakePendingOutput(SagaRow *saga, Datum *values, char *nulls)
+{
+	values[0] = saga->output_step ? CStringGetTextDatum(saga->output_step) : (Datum) 0;
+	nulls[0] = saga->output_step ? ' ' : 'n';
+	values[1] = saga->output;
+	nulls[1] = saga->output_step && !saga->output_null ? ' ' : 'n';
+	saga->output_step = NULL;
+}
+
+static void
+FlushPendingOutput(SagaRow *saga)
+{
+	Datum		values[3] = {UUIDPGetDatum(&saga->id)};
+	char		nulls[3] = " ";
+
+	if (saga->output_step == NULL)
+		return;
+	TakePendingOutput(saga, &values[1], &nulls[1]);
+	SagaExec(PLAN_SAGA_OUTPUT, values, nulls, false, 0);
+}
+
+/*
+ * Compare-and-set the claimed run to succeeded; a forward step's output
+ * becomes pending for saga.outputs.  False when the run is no longer
+ * claimed at that attempt.
+ */
+static bool
+RecordSuccess(SagaRow *saga, StepRun *run, Datum output, bool output_null, const char *actor)
+{
+	Datum		values[6] = {UUIDPGetDatum(&saga->id), Int32GetDatum(run->position),
+		CStringGetTextDatum(run->direction), output, CStringGetTextDatum(actor),
+	Int32GetDatum(run->attempt)};
+	char		nulls[6] = {' ', ' ', ' ', output_null ? 'n' : ' ', ' ', ' '};
+
+	SagaExec(PLAN_STEP_SUCCEED, values, nulls, false, 0);
+	if (SPI_processed == 0)
+		return false;
+	if (strcmp(run->direction, "forward") == 0)
+	{
+		saga->output_step = run->step;
+		saga->output = output;
+		saga->output_null = output_null;
+	}
+	return true;
+}
+
+static void
+SetSagaState(SagaRow *saga, const char *state, const char *actor, const char *reason)
+{
+	Datum		values[4] = {UUIDPGetDatum(&saga->id), CStringGetTextDatum(state)};
+	char		nulls[4] = "  ";
+
+	if (strcmp(saga->state, state) == 0)
+		return;
+	TakePendingOutput(saga, &values[2], &nulls[2]);
+	SagaExec(PLAN_SAGA_SET_STATE, values, nulls, false, 0);
+	LogTransition(&saga->id, NULL, NULL, 0, saga->state, state, actor, reason);
+	saga->state = pstrdup(state);
+}
+
+static bool
+SagaIsFinished(SagaRow *saga)
+{
+	return strcmp(saga->state, "completed") == 0 ||
+		strcmp(saga->state, "compensated") == 0 ||
+		strcmp(saga->state, "cancelled") == 0;
+}
+
+/* ---------- local steps ---------- */
+
+/*
+ * Call a local step's function (payload[, outputs]) -> jsonb in a
+ * subtransaction: on error its writes are undone and the error message is
+ * returned, so the failure can be recorded in the enclosing transaction.
+ * Query cancel is not a step failure: it is rethrown.
+ */
+static char *
+CallLocalFunction(Oid function, Datum payload, Datum outputs, Datum *output, bool *output_null)
+{
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	ResourceOwner caller_owner = CurrentResourceOwner;
+	char	   *volatile error = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller_cxt);
+	PG_TRY();
+	{
+		LOCAL_FCINFO(call, 2);
+		FmgrInfo	flinfo;
+		Datum		result;
+		AclResult	acl = pg_proc_aclcheck(function, GetUserId(), ACL_EXECUTE);
+
+		if (acl != ACLCHECK_OK)
+			aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(function));
+		fmgr_info(function, &flinfo);
+		InitFunctionCallInfoData(*call, &flinfo, flinfo.fn_nargs, InvalidOid, NULL, NULL);
+		call->args[0].value = payload;
+		call->args[0].isnull = false;
+		call->args[1].value = outputs;
+		call->args[1].isnull = false;
+		result = FunctionCallInvoke(call);
+		*output_null = call->isnull;
+		MemoryContextSwitchTo(caller_cxt);
+		*output = call->isnull ? (Datum) 0 : PointerGetDatum(PG_DETOAST_DATUM_COPY(result));
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(caller_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(caller_cxt);
+		CurrentResourceOwner = caller_owner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			ReThrowError(edata);
+		error = psprintf("%s (SQLSTATE %s)", edata->message, unpack_sql_state(edata->sqlerrcode));
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller_cxt);
+	CurrentResourceOwner = caller_owner;
+	return error;
+}
+
+/* Run a claimed local step now and record its outcome. */
+static void
+RunLocalStep(SagaRow *saga, StepRun *run)
+{
+	Datum		values[1] = {UUIDPGetDatum(&saga->id)};
+	Datum		payload;
+	Datum		outputs;
+	Datum		output = (Datum) 0;
+	bool		output_null = true;
+	char	   *error;
+
+	SagaExec(PLAN_SAGA_DATA, values, NULL, false, 1);
+	payload = ResultValue(0, 1, NULL);
+	outputs = ResultValue(0, 2, NULL);
+	error = CallLocalFunction(run->function, payload, outputs, &output, &output_null);
+	if (error == NULL)
+	{
+		if (RecordSuccess(saga, run, output, output_null, APICORE_ACTOR))
+			SagaAdvanceFrom(saga, run, true, APICORE_ACTOR);
+		return;
+	}
+	/* failure: retried with backoff or given up, as for a worker's report */
+	SagaStepFailed(saga, run, error, true, APICORE_ACTOR);
+}
+
+/* Claim the runnable local step at (position, direction) and run it. */
+static void
+ClaimAndRunLocal(SagaRow *saga, int position, const char *direction)
+{
+	Datum		values[4] = {UUIDPGetDatum(&saga->id), Int32GetDatum(position),
+	CStringGetTextDatum(direction), CStringGetTextDatum(APICORE_ACTOR)};
+	StepRun		run;
+
+	SagaExec(PLAN_STEP_CLAIM_ONE, values, NULL, false, 1);
+	if (SPI_processed == 0)
+		return;
+	run.position = position;
+	run.direction = pstrdup(direction);
+	run.step = ResultText(0, 1);
+	run.attempt = DatumGetInt32(ResultValue(0, 2, NULL));
+	run.max_attempts = DatumGetInt32(ResultValue(0, 3, NULL));
+	run.backoff = DatumGetIntervalP(ResultValue(0, 4, NULL));
+	run.max_backoff = DatumGetIntervalP(ResultValue(0, 5, NULL));
+	run.function = DatumGetObjectId(ResultValue(0, 6, NULL));
+	run.worker = APICORE_ACTOR;
+	LogTransition(&saga->id, run.step, run.direction, run.attempt, "runnable", "claimed",
+				  APICORE_ACTOR, NULL);
+	RunLocalStep(saga, &run);
+}
+
+/* ---------- transitions ---------- */
+
+static void
+NotifyRunnable(SagaRow *saga, const char *definition, const char *step)
+{
+	char	   *id;
+	StringInfoData payload;
+
+	/*
+	 * PostgreSQL serialises the commits of notifying transactions (one lock
+	 * per database, held through commit), so busy installations whose
+	 * workers poll can turn this off.
+	 */
+	if (!saga_notify)
+		return;
+	id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&saga->id)));
+	initStringInfo(&payload);
+	appendStringInfo(&payload, "{\"saga_id\": \"%s\", \"definition\": ", id);
+	escape_json(&payload, definition);
+	appendStringInfoString(&payload, ", \"step\": ");
+	escape_json(&payload, step);
+	appendStringInfoChar(&payload, '}');
+	Async_Notify("apicore_saga", payload.data);
+}
+
+/*
+ * The step run at (position, direction) becomes runnable, or is made
+ * runnable again (`rearm`, operator retry).  A local step runs at once, in
+ * this transaction; for others, workers are woken by NOTIFY.
+ */
+static bool
+Schedule(SagaRow *saga, int position, const char *direction, const char *actor, bool rearm)
+{
+	Datum		values[6] = {UUIDPGetDatum(&saga->id), Int32GetDatum(position),
+	CStringGetTextDatum(direction), CStringGetTextDatum(actor)};
+	char		nulls[6] = "    ";
+	char	   *step;
+	char	   *definition;
+	bool		local;
+
+	if (rearm)
+		SagaExec(PLAN_STEP_REARM, values, NULL, false, 1);
+	else
+	{
+		TakePendingOutput(saga, &values[4], &nulls[4]);
+		SagaExec(PLAN_STEP_INSERT, values, nulls, false, 1);
+	}
+	if (SPI_processed == 0)
+		return false;			/* the definition has no step at `position` */
+	step = ResultText(0, 1);
+	definition = ResultText(0, 2);
+	local = DatumGetBool(ResultValue(0, 3, NULL));
+	if (rearm)
+	{
+		SagaExec(PLAN_SAGA_MOVE, values, NULL, false, 0);
+		LogTransition(&saga->id, step, direction, 0, NULL, "runnable", actor, NULL);
+	}
+	saga->position = position;
+	saga->direction = pstrdup(direction);
+	if (local)
+		ClaimAndRunLocal(saga, position, direction);
+	else
+		NotifyRunnable(saga, definition, step);
+	return true;
+}
+
+static bool
+MakeRunnable(SagaRow *saga, int position, const char *direction, const char *actor)
+{
+	return Schedule(saga, position, direction, actor, false);
+}
+
+/*
+ * Compensate, in reverse order, every succeeded step below `below`; when
+ * none is left the saga ends compensated (or cancelled, when asked to stop).
+ */
+static void
+CompensateBelow(SagaRow *saga, int below, const char *actor)
+{
+	Datum		values[2] = {UUIDPGetDatum(&saga->id), Int32GetDatum(below)};
+
+	SetSagaState(saga, "compensating", actor, NULL);
+	SagaExec(PLAN_NEXT_COMPENSATION, values, NULL, false, 1);
+	if (SPI_processed > 0)
+		MakeRunnable(saga, DatumGetInt32(ResultValue(0, 1, NULL)), "compensate", actor);
+	else
+		SetSagaState(saga, saga->cancelling ? "cancelled" : "compensated", actor, NULL);
+}
+
+/* After a step run's final outcome: run the next step, compensate, or finish. */
+static void
+SagaAdvanceFrom(SagaRow *saga, StepRun *run, bool succeeded, const char *actor)
+{
+	bool		forward = strcmp(run->direction, "forward") == 0;
+
+	if (forward && succeeded && !saga->cancelling)
+	{
+		if (!MakeRunnable(saga, run->position + 1, "forward", actor))
+			SetSagaState(saga, "completed", actor, NULL);
+	}
+	else if (forward)
+		CompensateBelow(saga, succeeded ? run->position + 1 : run->position, actor);
+	else if (succeeded)
+		CompensateBelow(saga, run->position, actor);
+	else
+		SetSagaState(saga, "failed", actor, "a compensation exhausted its attempts");
+	FlushPendingOutput(saga);
+}
+
+/*
+ * Exponential backoff with jitter: backoff * 2^(attempt-1), capped at
+ * max_backoff, of which a random half is waited ("equal jitter"), so that
+ * workers that failed together do not retry together.
+ */
+static TimestampTz
+RetryAt(StepRun *run)
+{
+	int64		base = run->backoff->time + run->backoff->day * USECS_PER_DAY +
+		(int64) run->backoff->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	int64		cap = run->max_backoff->time + run->max_backoff->day * USECS_PER_DAY +
+		(int64) run->max_backoff->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	int64		delay = base;
+	int64		half_ms;
+
+	for (int i = 1; i < run->attempt && delay < cap; i++)
+		delay *= 2;
+	delay = Min(delay, cap);
+	half_ms = Min(delay / 2000, (int64) PG_UINT32_MAX - 1);
+	delay = delay / 2 + (int64) randombytes_uniform((uint32) half_ms + 1) * 1000;
+	return GetCurrentTransactionStartTimestamp() + delay;
+}
+
+/* Record a failed attempt: retry later, or give up and move the saga on. */
+static void
+SagaStepFailed(SagaRow *saga, StepRun *run, const char *error, bool retryable, const char *actor)
+{
+	bool		forward = strcmp(run->direction, "forward") == 0;
+	bool		retry = retryable && run->attempt < run->max_attempts && !(forward && saga->cancelling);
+	Datum		values[7] = {UUIDPGetDatum(&saga->id), Int32GetDatum(run->position),
+		CStringGetTextDatum(run->direction), CStringGetTextDatum(retry ? "runnable" : "failed"),
+	(Datum) 0, CStringGetTextDatum(error), (Datum) 0};
+	char		nulls[7] = "    n n";
+
+	if (retry)
+	{
+		values[6] = TimestampTzGetDatum(RetryAt(run));
+		nulls[6] = ' ';
+	}
+	SagaExec(PLAN_STEP_SET, values, nulls, false, 0);
+	LogTransition(&saga->id, run->step, run->direction, run->attempt, "claimed",
+				  retry ? "runnable" : "failed", actor, error);
+	if (!retry)
+		SagaAdvanceFrom(saga, run, false, actor);
+}
+
+/* ---------- reports from workers: compare-and-set on (saga, step, attempt) ---------- */
+
+static void ReportNotClaimed(SagaRow *saga, const char *step, int attempt) pg_attribute_noreturn();
+
+static void
+ReportNotClaimed(SagaRow *saga, const char *step, int attempt)
+{
+	Datum		values[2] = {UUIDPGetDatum(&saga->id), CStringGetTextDatum(step)};
+
+	SagaExec(PLAN_STEP_LATEST, values, NULL, false, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: step \"%s\" of this saga has not been claimed", step),
+				 errhint("Report only steps returned by apicore.saga_claim, with the attempt it returned.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("apicore: step \"%s\" is not claimed (it is %s at attempt %s); attempt %d changes nothing",
+					step, ResultText(0, 1), ResultText(0, 2), attempt),
+			 errhint("The step was already reported, cancelled or resolved; drop this result.")));
+}
+
+/* Lock the saga and find the claimed run of `step` at exactly `attempt`. */
+static StepRun *
+ClaimedRun(FunctionCallInfo fcinfo, SagaRow **saga_out)
+{
+	pg_uuid_t  *id;
+	char	   *step;
+	int			attempt;
+	SagaRow    *saga;
+	StepRun    *run;
+
+	RequireArg(fcinfo, 0, "saga_id", "Pass the saga_id returned by apicore.saga_claim.");
+	RequireArg(fcinfo, 1, "step", "Pass the step returned by apicore.saga_claim.");
+	RequireArg(fcinfo, 2, "attempt", "Pass the attempt returned by apicore.saga_claim.");
+	id = PG_GETARG_UUID_P(0);
+	step = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	attempt = PG_GETARG_INT32(2);
+
+	saga = LockSagaOrError(id);
+	{
+		Datum		values[2] = {UUIDPGetDatum(id), CStringGetTextDatum(step)};
+
+		SagaExec(PLAN_STEP_CLAIMED, values, NULL, false, 1);
+	}
+	if (SPI_processed == 0)
+		ReportNotClaimed(saga, step, attempt);
+
+	run = palloc0(sizeof(StepRun));
+	run->position = DatumGetInt32(ResultValue(0, 1, NULL));
+	run->direction = ResultText(0, 2);
+	run->step = ResultText(0, 3);
+	run->attempt = DatumGetInt32(ResultValue(0, 4, NULL));
+	run->max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
+	run->backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
+	run->max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
+	run->function = DatumGetObjectId(ResultValue(0, 8, NULL));
+	run->worker = ResultText(0, 9);
+	if (run->attempt != attempt)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("apicore: attempt %d of step \"%s\" is stale: attempt %d owns the step now",
+						attempt, step, run->attempt),
+				 errhint("Your lease expired and another worker took the step over; drop this result.")));
+	*saga_out = saga;
+	return run;
+}
+
+/* Copy a text result out of SPI memory before SPI_finish. */
+static Datum
+FinishWithState(SagaRow *saga)
+{
+	Datum		result = SPI_datumTransfer(CStringGetTextDatum(saga->state), false, -1);
+
+	SPI_finish();
+	return result;
+}
+
+Datum
+apicore_saga_step_succeeded(PG_FUNCTION_ARGS)
+{
+	SagaRow    *saga;
+	StepRun    *run;
+	Datum		output = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+
+	SPI_connect();
+	run = ClaimedRun(fcinfo, &saga);
+	if (!RecordSuccess(saga, run, output, PG_ARGISNULL(3), run->worker))
+		elog(ERROR, "apicore: claimed step \"%s\" changed under the saga lock", run->step);
+	SagaAdvanceFrom(saga, run, true, run->worker);
+	PG_RETURN_DATUM(FinishWithState(saga));
+}
+
+Datum
+apicore_saga_step_failed(PG_FUNCTION_ARGS)
+{
+	SagaRow    *saga;
+	StepRun    *run;
+	char	   *error;
+	bool		retryable;
+
+	RequireArg(fcinfo, 3, "error", "Pass a description of what failed; it is kept in the saga log.");
+	RequireArg(fcinfo, 4, "retryable", "Pass true to retry with backoff, false to give up the step now.");
+	error = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	retryable = PG_GETARG_BOOL(4);
+	SPI_connect();
+	run = ClaimedRun(fcinfo, &saga);
+	SagaStepFailed(saga, run, error, retryable, run->worker);
+	PG_RETURN_DATUM(FinishWithState(saga));
+}
+
+Datum
+apicore_saga_heartbeat(PG_FUNCTION_ARGS)
+{
+	Datum		values[3];
+	TimestampTz lease;
+
+	RequireArg(fcinfo, 0, "saga_id", "Pass the saga_id returned by apicore.saga_claim.");
+	RequireArg(fcinfo, 1, "step", "Pass the step returned by apicore.saga_claim.");
+	RequireArg(fcinfo, 2, "attempt", "Pass the attempt returned by apicore.saga_claim.");
+	values[0] = PG_GETARG_DATUM(0);
+	values[1] = PG_GETARG_DATUM(1);
+	values[2] = PG_GETARG_DATUM(2);
+	SPI_connect();
+	SagaExec(PLAN_HEARTBEAT, values, NULL, false, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("apicore: step \"%s\" attempt %d no longer holds its lease",
+						TextDatumGetCString(values[1]), PG_GETARG_INT32(2)),
+				 errhint("The lease expired and the step was reclaimed, or it was cancelled; stop working on it.")));
+	lease = DatumGetTimestampTz(ResultValue(0, 1, NULL));
+	SPI_finish();
+	PG_RETURN_TIMESTAMPTZ(lease);
+}
+
+/* ---------- saga_define ---------- */
+
+/* One validated step of a definition. */
+typedef struct StepDef
+{
+	char	   *name;
+	char	   *compensate;
+	Oid			function;
+	Oid			compensate_function;
+	Interval   *timeout;
+	int			max_attempts;
+	Interval   *backoff;
+	Interval   *max_backoff;
+} StepDef;
+
+static void StepError(int index, const char *field, const char *problem,
+					  const char *hint) pg_attribute_noreturn();
+
+static void
+StepError(int index, const char *field, const char *problem, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("apicore: steps[%d].%s %s", index, field, problem),
+			 errhint("%s", hint)));
+}
+
+static char *
+StepString(JsonbContainer *step, int index, const char *field, bool required)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(step, field, strlen(field), NULL);
+
+	if (v == NULL || v->type == jbvNull)
+	{
+		if (required)
+			StepError(index, field, "is missing",
+					  "Every step is an object with a unique, non-empty \"name\".");
+		return NULL;
+	}
+	if (v->type != jbvString || v->val.string.len == 0 || v->val.string.len > MAX_NAME_LEN)
+		StepError(index, field, psprintf("must be a string of 1 to %d characters", MAX_NAME_LEN),
+				  "Write it as a JSON string, e.g. \"charge_card\".");
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* Parse an interval without throwing; false when it does not parse. */
+static bool
+ParseInterval(const char *str, Interval *result)
+{
+	char		workbuf[256];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_itm_in itm_in;
+	char	   *copy = pstrdup(str);
+
+	if (ParseDateTime(str, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf) != 0 ||
+		(DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE, &dtype, &itm_in) != 0 &&
+		 DecodeISO8601Interval(copy, &dtype, &itm_in) != 0))
+		return false;
+	return dtype == DTK_DELTA && itmin2interval(&itm_in, result) == 0;
+}
+
+static Interval *
+StepInterval(JsonbContainer *step, int index, const char *field, const char *dflt)
+{
+	char	   *str = StepString(step, index, field, false);
+	Interval   *result = palloc0(sizeof(Interval));
+
+	if (str == NULL)
+		str = (char *) dflt;
+	if (!ParseInterval(str, result) ||
+		(result->time <= 0 && result->day <= 0 && result->month <= 0) ||
+		result->time < 0 || result->day < 0 || result->month < 0)
+		StepError(index, field, psprintf("must be a positive interval, got \"%s\"", str),
+				  "Write a positive PostgreSQL interval as a string, e.g. \"30 seconds\".");
+	return result;
+}
+
+static int
+StepMaxAttempts(JsonbContainer *step, int index)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(step, "max_attempts", strlen("max_attempts"), NULL);
+	char	   *text;
+	char	   *end;
+	long		n;
+
+	if (v == NULL || v->type == jbvNull)
+		return DEFAULT_MAX_ATTEMPTS;
+	if (v->type != jbvNumeric)
+		StepError(index, "max_attempts", "must be a number", "Write an integer from 1 to 1000, e.g. 5.");
+	text = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	n = strtol(text, &end, 10);
+	if (*end != '\0' || n < 1 || n > 1000)
+		StepError(index, "max_attempts", psprintf("must be an integer from 1 to 1000, got %s", text),
+				  "Write an integer from 1 to 1000, e.g. 5.");
+	return (int) n;
+}
+
+/* A function (jsonb) or (jsonb, jsonb) returning jsonb. */
+static Oid
+StepFunction(JsonbContainer *step, int index, const char *field)
+{
+	char	   *name = StepString(step, index, field, false);
+	List	   *qualified;
+	Oid			args[2] = {JSONBOID, JSONBOID};
+	Oid			fn;
+
+	if (name == NULL)
+		return InvalidOid;
+	qualified = stringToQualifiedNameList(name);
+	fn = LookupFuncName(qualified, 2, args, true);
+	if (!OidIsValid(fn))
+		fn = LookupFuncName(qualified, 1, args, true);
+	if (!OidIsValid(fn))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("apicore: steps[%d].%s names %s, which is not a function taking (jsonb) or (jsonb, jsonb)",
+						index, field, name),
+				 errhint("Create the function first, e.g. CREATE FUNCTION %s(payload jsonb) RETURNS jsonb ...",
+						 name)));
+	if (get_func_rettype(fn) != JSONBOID || get_func_retset(fn))
+		StepError(index, field, psprintf("names %s, which does not return one jsonb value", name),
+				  "A local step function returns jsonb (its output), not SETOF.");
+	return fn;
+}
+
+static void
+CheckStepKeys(JsonbContainer *step, int index)
+{
+	static const char *const known[] = {"name", "compensate", "function", "compensate_function",
+	"timeout", "max_attempts", "backoff", "max_backoff"};
+	JsonbIterator *it = JsonbIteratorInit(step);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		bool		ok = false;
+
+		if (tok != WJB_KEY)
+			continue;
+		for (int i = 0; i < lengthof(known); i++)
+			ok |= strlen(known[i]) == v.val.string.len &&
+				strncmp(known[i], v.val.string.val, v.val.string.len) == 0;
+		if (!ok)
+			StepError(index, pnstrdup(v.val.string.val, v.val.string.len), "is not a step setting",
+					  "Step settings are name, compensate, function, compensate_function, timeout, max_attempts, backoff, max_backoff.");
+	}
+}
+
+static StepDef *
+ParseSteps(Jsonb *steps, int *nsteps)
+{
+	StepDef    *defs;
+	int			n;
+
+	if (!JB_ROOT_IS_ARRAY(steps) || JB_ROOT_IS_SCALAR(steps) ||
+		JB_ROOT_COUNT(steps) < 1 || JB_ROOT_COUNT(steps) > MAX_STEPS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apicore: steps must be a JSON array of 1 to %d step objects", MAX_STEPS),
+				 errhint("Pass e.g. '[{\"name\": \"charge_card\", \"compensate\": \"refund_card\"}]'.")));
+	n = JB_ROOT_COUNT(steps);
+	defs = palloc0(sizeof(StepDef) * n);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *v = getIthJsonbValueFromContainer(&steps->root, i);
+		JsonbContainer *step;
+
+		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+			StepError(i, "name", "is missing: the step is not an object",
+					  "Every step is an object with a unique, non-empty \"name\".");
+		step = v->val.binary.data;
+		CheckStepKeys(step, i);
+		defs[i].name = StepString(step, i, "name", true);
+		for (int j = 0; j < i; j++)
+			if (strcmp(defs[j].name, defs[i].name) == 0)
+				StepError(i, "name", psprintf("\"%s\" is used by steps[%d] too", defs[i].name, j),
+						  "Step names must be unique within a definition.");
+		defs[i].compensate = StepString(step, i, "compensate", false);
+		defs[i].function = StepFunction(step, i, "function");
+		defs[i].compensate_function = StepFunction(step, i, "compensate_function");
+		if (defs[i].compensate && OidIsValid(defs[i].compensate_function))
+			StepError(i, "compensate", "and compensate_function are both set",
+					  "Name a worker action in compensate, or a local function in compensate_function, not both.");
+		defs[i].timeout = StepInterval(step, i, "timeout", DEFAULT_TIMEOUT);
+		defs[i].max_attempts = StepMaxAttempts(step, i);
+		defs[i].backoff = StepInterval(step, i, "backoff", DEFAULT_BACKOFF);
+		defs[i].max_backoff = StepInterval(step, i, "max_backoff", DEFAULT_MAX_BACKOFF);
+	}
+	*nsteps = n;
+	return defs;
+}
+
+static void
+InsertStepDef(const char *name, int version, int position, StepDef *def)
+{
+	Datum		values[11] = {CStringGetTextDatum(name), Int32GetDatum(version),
+		Int32GetDatum(position), CStringGetTextDatum(def->name),
+		def->compensate ? CStringGetTextDatum(def->compensate) : (Datum) 0,
+		ObjectIdGetDatum(def->function), ObjectIdGetDatum(def->compensate_function),
+		IntervalPGetDatum(def->timeout), Int32GetDatum(def->max_attempts),
+	IntervalPGetDatum(def->backoff), IntervalPGetDatum(def->max_backoff)};
+	char		nulls[11] = "           ";
+
+	nulls[4] = def->compensate ? ' ' : 'n';
+	nulls[5] = OidIsValid(def->function) ? ' ' : 'n';
+	nulls[6] = OidIsValid(def->compensate_function) ? ' ' : 'n';
+	SagaExec(PLAN_DEF_STEP_INSERT, values, nulls, false, 0);
+}
+
+Datum
+apicore_saga_define(PG_FUNCTION_ARGS)
+{
+	char	   *name = NameArg(fcinfo, 0, "name", "Name the saga definition, e.g. 'checkout'.");
+	Jsonb	   *steps;
+	StepDef    *defs;
+	int			nsteps;
+	int			version = 1;
+	Datum		values[3];
+
+	RequireArg(fcinfo, 1, "steps", "Pass a JSON array of step objects.");
+	steps = PG_GETARG_JSONB_P(1);
+	defs = ParseSteps(steps, &nsteps);
+
+	SPI_connect();
+	values[0] = CStringGetTextDatum(name);
+	values[1] = JsonbPGetDatum(steps);
+	SagaExec(PLAN_DEF_LOCK, values, NULL, false, 0);
+	SagaExec(PLAN_DEF_LATEST, values, NULL, false, 1);
+	if (SPI_processed > 0)
+	{
+		version = DatumGetInt32(ResultValue(0, 1, NULL));
+		/* the same steps again (a deploy re-running its setup): keep that version */
+		if (DatumGetBool(ResultValue(0, 2, NULL)))
+		{
+			SPI_finish();
+			PG_RETURN_INT32(version);
+		}
+		version++;
+	}
+	values[1] = Int32GetDatum(version);
+	values[2] = JsonbPGetDatum(steps);
+	SagaExec(PLAN_DEF_INSERT, values, NULL, false, 0);
+	for (int i = 0; i < nsteps; i++)
+		InsertStepDef(name, version, i + 1, &defs[i]);
+	SPI_finish();
+	PG_RETURN_INT32(version);
+}
+
+/* ---------- saga_start ---------- */
+
+static int
+CurrentVersion(const char *definition)
+{
+	Datum		values[2] = {CStringGetTextDatum(definition), JsonbPGetDatum(NULL)};
+	char		nulls[2] = " n";
+
+	SagaExec(PLAN_DEF_LATEST, values, nulls, false, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("apicore: saga definition \"%s\" does not exist", definition),
+				 errhint("Define it first with apicore.saga_define('%s', steps).", definition)));
+	return DatumGetInt32(ResultValue(0, 1, NULL));
+}
+
+static void
+RandomUuid(pg_uuid_t *uuid)
+{
+	randombytes_buf(uuid->data, UUID_LEN);
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;	/* version 4 */
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
+}
+
+static void
+CheckPositiveInterval(Interval *span, const char *name, const char *hint)
+{
+	if (span->time < 0 || span->day < 0 || span->month < 0 ||
+		(span->time == 0 && span->day == 0 && span->month == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apicore: %s must be a positive interval", name),
+				 errhint("%s", hint)));
+}
+
+Datum
+apicore_saga_start(PG_FUNCTION_ARGS)
+{
+	char	   *definition = NameArg(fcinfo, 0, "definition", "Name a definition created with apicore.saga_define.");
+	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+	Datum		values[5];
+	char		nulls[5] = "     ";
+	SagaRow    *saga;
+
+	RequireArg(fcinfo, 1, "payload", "Pass the saga's input as jsonb, e.g. '{}'.");
+	if (PG_ARGISNULL(2))
+		RandomUuid(id);
+	else
+		*id = *PG_GETARG_UUID_P(2);
+	if (!PG_ARGISNULL(3))
+		CheckPositiveInterval(PG_GETARG_INTERVAL_P(3), "deadline",
+							  "Pass how long the saga may run, e.g. '15 minutes', or NULL for no deadline.");
+
+	SPI_connect();
+	values[0] = UUIDPGetDatum(id);
+	values[1] = CStringGetTextDatum(definition);
+	values[2] = Int32GetDatum(CurrentVersion(definition));
+	values[3] = PG_GETARG_DATUM(1);
+	values[4] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
+	SagaExec(PLAN_SAGA_INSERT, values, nulls, false, 1);
+	if (SPI_processed == 0)
+	{
+		/* same saga_id again: the same saga, unless it is a different request */
+		Datum		existing[3] = {values[0], values[1], values[3]};
+
+		SagaExec(PLAN_SAGA_EXISTING, existing, NULL, false, 1);
+		if (!DatumGetBool(ResultValue(0, 1, NULL)))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("apicore: saga_id %s was already started with a different definition or payload",
+							DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)))),
+					 errhint("Use a new saga_id for a new saga; repeat a start with the same definition and payload.")));
+		SPI_finish();
+		PG_RETURN_UUID_P(id);
+	}
+	saga = LockSaga(id);
+	LogTransition(id, NULL, NULL, 0, NULL, "running", ActorName(), NULL);
+	MakeRunnable(saga, 1, "forward", ActorName());
+	SPI_finish();
+	PG_RETURN_UUID_P(id);
+}
+
+/* ---------- saga_claim ---------- */
+
+/*
+ * Claim up to max_steps runnable worker steps into `tupstore`.  Local steps
+ * are never handed out: apicore runs them itself (Schedule, and the
+ * saga_run_local_steps task for retries).
+ */
+static void
+ClaimSteps(const char *worker, Datum definitions, bool no_definitions, int max_steps,
+		   Tuplestorestate *tupstore, TupleDesc tupdesc)
+{
+	Datum		values[3] = {CStringGetTextDatum(worker), definitions, Int32GetDatum(max_steps)};
+	char		nulls[3] = {' ', no_definitions ? 'n' : ' ', ' '};
+
+	SagaExec(PLAN_CLAIM, values, nulls, false, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		Datum		row[11];
+		bool		row_nulls[11];
+
+		for (int c = 0; c < 11; c++)
+			row[c] = ResultValue((int) i, c + 1, &row_nulls[c]);
+		tuplestore_putvalues(tupstore, tupdesc, row, row_nulls);
+	}
+}
+
+Datum
+apicore_saga_claim(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *worker = NameArg(fcinfo, 0, "worker", "Name the worker, e.g. its host name and process id.");
+	int			max_steps;
+
+	RequireArg(fcinfo, 2, "max_steps", "Pass how many steps to claim at most, e.g. 1.");
+	max_steps = PG_GETARG_INT32(2);
+	if (max_steps < 1 || max_steps > MAX_MAX_STEPS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apicore: max_steps must be 1 to %d, got %d", MAX_MAX_STEPS, max_steps),
+				 errhint("Claim as many steps as the worker can run before their leases expire.")));
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	ClaimSteps(worker, PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1), PG_ARGISNULL(1),
+			   max_steps, rsinfo->setResult, rsinfo->setDesc);
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/* ---------- cancel, operator retry and resolve ---------- */
+
+/* Stop the forward run; compensate once no step of the saga is in flight. */
+static void
+CancelSaga(SagaRow *saga, const char *reason, const char *actor)
+{
+	Datum		reason_values[2] = {UUIDPGetDatum(&saga->id), CStringGetTextDatum(reason)};
+	Datum		stop[2] = {UUIDPGetDatum(&saga->id), BoolGetDatum(false)};
+
+	if (saga->cancelling || strcmp(saga->state, "running") != 0)
+		return;
+	SagaExec(PLAN_SAGA_CANCEL_REASON, reason_values, NULL, false, 0);
+	saga->cancelling = true;
+	SagaExec(PLAN_STEP_STOP, stop, NULL, false, 1);
+	if (SPI_processed > 0)
+	{
+		int			position = DatumGetInt32(ResultValue(0, 1, NULL));
+
+		LogTransition(&saga->id, ResultText(0, 3), ResultText(0, 2),
+					  DatumGetInt32(ResultValue(0, 4, NULL)), "runnable", "cancelled", actor, reason);
+		CompensateBelow(saga, position, actor);
+	}
+	else						/* a claimed step is in flight: its report moves the saga on */
+		SetSagaState(saga, "compensating", actor, reason);
+}
+
+Datum
+apicore_saga_cancel(PG_FUNCTION_ARGS)
+{
+	SagaRow    *saga;
+	char	   *reason;
+
+	RequireArg(fcinfo, 0, "saga_id", "Pass the id returned by apicore.saga_start.");
+	RequireArg(fcinfo, 1, "reason", "Say why the saga is cancelled; it is kept in the saga log.");
+	reason = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	SPI_connect();
+	saga = LockSagaOrError(PG_GETARG_UUID_P(0));
+	CancelSaga(saga, reason, ActorName());
+	PG_RETURN_DATUM(FinishWithState(saga));
+}
+
+static void
+RequireUnfinished(SagaRow *saga, const char *what)
+{
+	if (SagaIsFinished(saga))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: saga is already %s; %s changes nothing", saga->state, what),
+				 errhint("Only a running, compensating or failed saga can be retried or resolved.")));
+}
+
+Datum
+apicore_saga_retry(PG_FUNCTION_ARGS)
+{
+	SagaRow    *saga;
+	char	   *actor = NameArg(fcinfo, 1, "actor", "Name the operator, e.g. 'alice@example.com'.");
+	char	   *reason;
+	Datum		values[3];
+	char	   *step_state;
+	char	   *step;
+
+	RequireArg(fcinfo, 0, "saga_id", "Pass the id of a saga from apicore.saga_dead_letter.");
+	RequireArg(fcinfo, 2, "reason", "Say why the step is retried; it is kept in the saga log.");
+	reason = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	SPI_connect();
+	saga = LockSagaOrError(PG_GETARG_UUID_P(0));
+	RequireUnfinished(saga, "saga_retry");
+	values[0] = UUIDPGetDatum(&saga->id);
+	values[1] = Int32GetDatum(saga->position);
+	values[2] = CStringGetTextDatum(saga->direction);
+	SagaExec(PLAN_STEP_CURRENT, values, NULL, false, 1);
+	step_state = SPI_processed > 0 ? ResultText(0, 1) : "missing";
+	step = SPI_processed > 0 ? ResultText(0, 2) : "?";
+	if (strcmp(step_state, "claimed") == 0 || strcmp(step_state, "succeeded") == 0 ||
+		strcmp(step_state, "missing") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: step \"%s\" is %s%s%s; there is nothing to retry", step, step_state,
+						strcmp(step_state, "claimed") == 0 ? " by worker " : "",
+						strcmp(step_state, "claimed") == 0 ? ResultText(0, 4) : ""),
+				 errhint("A claimed step is retried by the worker or, after its lease expires, by maintenance.")));
+	LogTransition(&saga->id, step, saga->direction, 0, step_state, "runnable", actor, reason);
+	SetSagaState(saga, strcmp(saga->direction, "forward") == 0 ? "running" : "compensating",
+				 actor, reason);
+	Schedule(saga, saga->position, saga->direction, actor, true);
+	PG_RETURN_DATUM(FinishWithState(saga));
+}
+
+Datum
+apicore_saga_resolve(PG_FUNCTION_ARGS)
+{
+	SagaRow    *saga;
+	char	   *outcome;
+	char	   *actor = NameArg(fcinfo, 2, "actor", "Name the operator, e.g. 'alice@example.com'.");
+	char	   *reason;
+	Datum		stop[2];
+
+	RequireArg(fcinfo, 0, "saga_id", "Pass the id of a saga from apicore.saga_dead_letter.");
+	RequireArg(fcinfo, 1, "outcome", "Pass 'completed', 'compensated' or 'failed'.");
+	RequireArg(fcinfo, 3, "reason", "Say why the saga is resolved by hand; it is kept in the saga log.");
+	outcome = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	reason = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	if (strcmp(outcome, "completed") != 0 && strcmp(outcome, "compensated") != 0 &&
+		strcmp(outcome, "failed") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apicore: outcome must be 'completed', 'compensated' or 'failed', got \"%s\"", outcome),
+				 errhint("'completed': every step is done; 'compensated': everything was undone; 'failed': park it in the dead letter.")));
+	SPI_connect();
+	saga = LockSagaOrError(PG_GETARG_UUID_P(0));
+	RequireUnfinished(saga, "saga_resolve");
+	stop[0] = UUIDPGetDatum(&saga->id);
+	stop[1] = BoolGetDatum(true);
+	SagaExec(PLAN_STEP_STOP, stop, NULL, false, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		LogTransition(&saga->id, ResultText(i, 3), ResultText(i, 2),
+					  DatumGetInt32(ResultValue(i, 4, NULL)), NULL, "cancelled", actor, reason);
+	SetSagaState(saga, outcome, actor, reason);
+	PG_RETURN_DATUM(FinishWithState(saga));
+}
+
+/* ---------- saga_get ---------- */
+
+Datum
+apicore_saga_get(PG_FUNCTION_ARGS)
+{
+	Datum		values[1];
+	Datum		result = (Datum) 0;
+	bool		isnull = true;
+
+	RequireArg(fcinfo, 0, "saga_id", "Pass the id returned by apicore.saga_start.");
+	values[0] = PG_GETARG_DATUM(0);
+	SPI_connect();
+	SagaExec(PLAN_GET, values, NULL, true, 1);
+	if (SPI_processed > 0)
+	{
+		result = ResultValue(0, 1, &isnull);
+		result = SPI_datumTransfer(result, false, -1);
+	}
+	SPI_finish();
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}
+
+/* ---------- maintenance tasks ---------- */
+
+/* A lost lease is a failed attempt: retried (with backoff) or given up. */
+static int
+ReclaimSaga(pg_uuid_t *id)
+{
+	SagaRow    *saga = LockSaga(id);
+	Datum		values[1] = {UUIDPGetDatum(id)};
+	int			reclaimed = 0;
+
+	if (saga == NULL)
+		return 0;
+	SPI_execute_with_args("SELECT step FROM apicore.saga_step "
+						  "WHERE saga = $1 AND state = 'claimed' AND lease_expires_at < now()",
+						  1, (Oid[]) {UUIDOID}, values, NULL, false, 0);
+	{
+		List	   *steps = NIL;
+		ListCell   *lc;
+
+		for (uint64 i = 0; i < SPI_processed; i++)
+			steps = lappend(steps, ResultText(i, 1));
+		foreach(lc, steps)
+		{
+			Datum		find[2] = {UUIDPGetDatum(id), CStringGetTextDatum(lfirst(lc))};
+			StepRun		run;
+
+			SagaExec(PLAN_STEP_CLAIMED, find, NULL, false, 1);
+			if (SPI_processed == 0)
+				continue;
+			run.position = DatumGetInt32(ResultValue(0, 1, NULL));
+			run.direction = ResultText(0, 2);
+			run.step = ResultText(0, 3);
+			run.attempt = DatumGetInt32(ResultValue(0, 4, NULL));
+			run.max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
+			run.backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
+			run.max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
+			run.function = DatumGetObjectId(ResultValue(0, 8, NULL));
+			run.worker = ResultText(0, 9);
+			SagaStepFailed(saga, &run,
+						   psprintf("lease of worker %s expired", run.worker ? run.worker : "?"),
+						   true, APICORE_ACTOR);
+			reclaimed++;
+		}
+	}
+	return reclaimed;
+}
+
+/* Ids from the last SPI result's first column, copied. */
+static List *
+ResultIds(void)
+{
+	List	   *ids = NIL;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+
+		*id = *DatumGetUUIDP(ResultValue(i, 1, NULL));
+		ids = lappend(ids, id);
+	}
+	return ids;
+}
+
+static Datum
+TaskResult(const char *detail)
+{
+	Datum		result = SPI_datumTransfer(CStringGetTextDatum(detail), false, -1);
+
+	SPI_finish();
+	return result;
+}
+
+Datum
+apicore_saga_reclaim_leases(PG_FUNCTION_ARGS)
+{
+	Datum		values[1] = {Int32GetDatum(saga_maintenance_batch)};
+	List	   *ids;
+	ListCell   *lc;
+	int			reclaimed = 0;
+
+	SPI_connect();
+	SagaExec(PLAN_EXPIRED_SAGAS, values, NULL, false, 0);
+	ids = ResultIds();
+	foreach(lc, ids)
+		reclaimed += ReclaimSaga(lfirst(lc));
+	return TaskResult(psprintf("%d expired leases reclaimed", reclaimed));
+}
+
+Datum
+apicore_saga_fire_deadlines(PG_FUNCTION_ARGS)
+{
+	Datum		values[1] = {Int32GetDatum(saga_maintenance_batch)};
+	List	   *ids;
+	ListCell   *lc;
+
+	SPI_connect();
+	SagaExec(PLAN_DEADLINE_SAGAS, values, NULL, false, 0);
+	ids = ResultIds();
+	foreach(lc, ids)
+	{
+		SagaRow    *saga = LockSaga(lfirst(lc));
+
+		if (saga)
+			CancelSaga(saga, "deadline exceeded", APICORE_ACTOR);
+	}
+	return TaskResult(psprintf("%d sagas past their deadline cancelled", list_length(ids)));
+}
+
+Datum
+apicore_saga_run_local_steps(PG_FUNCTION_ARGS)
+{
+	Datum		values[1] = {Int32GetDatum(saga_maintenance_batch)};
+	SPITupleTable *due;
+	uint64		ndue;
+
+	SPI_connect();
+	/* saga row first, as everywhere: the step is claimed under its lock */
+	SagaExec(PLAN_DUE_LOCAL_STEPS, values, NULL, false, 0);
+	due = SPI_tuptable;
+	ndue = SPI_processed;
+	for (uint64 i = 0; i < ndue; i++)
+	{
+		SagaRow    *saga;
+		int			position;
+		char	   *direction;
+
+		SPI_tuptable = due;		/* running a step replaced it */
+		position = DatumGetInt32(ResultValue((int) i, 2, NULL));
+		direction = ResultText((int) i, 3);
+		saga = LockSaga(DatumGetUUIDP(ResultValue((int) i, 1, NULL)));
+		if (saga)
+			ClaimAndRunLocal(saga, position, direction);
+	}
+	return TaskResult(psprintf("%d local steps run", (int) ndue));
+}
+
+Datum
+apicore_saga_retention(PG_FUNCTION_ARGS)
+{
+	Datum		values[2] = {Int32GetDatum(saga_retention_s), Int32GetDatum(saga_maintenance_batch)};
+	int			deleted;
+	bool		isnull;
+
+	SPI_connect();
+	SagaExec(PLAN_RETENTION_SAGAS, values, NULL, false, 1);
+	deleted = DatumGetInt32(ResultValue(0, 1, NULL));
+	if (deleted > 0)
+	{
+		Datum		ids[1] = {ResultValue(0, 2, &isnull)};
+
+		SagaExec(PLAN_RETENTION_LOG, ids, NULL, false, 0);
+	}
+	return TaskResult(psprintf("%d finished sagas deleted", deleted));
+}
+
+/* ---------- settings ---------- */
 
 void
 SagaInit(void)
 {
+	DefineCustomIntVariable("apicore.saga_retention",
+							"How long finished sagas (completed, compensated, cancelled) are kept.",
+							"Maintenance then deletes the saga, its steps and its log rows; failed sagas are kept until resolved.",
+							&saga_retention_s, 7 * 24 * 3600, 1, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("apicore.saga_maintenance_batch",
+							"Most sagas each saga maintenance task handles in one round.",
+							"Keeps every maintenance transaction short.",
+							&saga_maintenance_batch, 1000, 1, 100000,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("apicore.saga_notify",
+							 "Send NOTIFY apicore_saga when a saga step becomes runnable.",
+							 "Off: workers find work by polling saga_claim; commits of step reports no longer queue behind each other.",
+							 &saga_notify, true, PGC_USERSET, 0, NULL, NULL, NULL);
 }

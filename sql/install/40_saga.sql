@@ -1,0 +1,206 @@
+-- 40_saga.sql — saga state tracking: definitions, sagas, their steps, the
+-- append-only transition log, the views and the functions (all in C, saga.c).
+
+-- A definition is immutable once written: saga_define adds a new version,
+-- and a running saga keeps the version it started with.
+CREATE TABLE apicore.saga_definition (
+    name       text NOT NULL,
+    version    int NOT NULL,
+    steps      jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version)
+);
+COMMENT ON TABLE apicore.saga_definition IS
+    'saga definitions, one row per version; written by apicore.saga_define';
+
+-- The validated steps of a definition, one row each, so that the state
+-- machine reads a step with an index lookup instead of parsing jsonb.
+CREATE TABLE apicore.saga_definition_step (
+    definition          text NOT NULL,
+    version             int NOT NULL,
+    position            int NOT NULL,
+    name                text NOT NULL,
+    compensate          text,
+    function            regprocedure,
+    compensate_function regprocedure,
+    timeout             interval NOT NULL,
+    max_attempts        int NOT NULL,
+    backoff             interval NOT NULL,
+    max_backoff         interval NOT NULL,
+    PRIMARY KEY (definition, version, position),
+    FOREIGN KEY (definition, version) REFERENCES apicore.saga_definition ON DELETE CASCADE
+);
+
+CREATE TABLE apicore.saga (
+    id            uuid PRIMARY KEY,
+    definition    text NOT NULL,
+    version       int NOT NULL,
+    state         text NOT NULL DEFAULT 'running'
+                  CHECK (state IN ('running', 'compensating', 'completed', 'compensated', 'failed', 'cancelled')),
+    position      int NOT NULL DEFAULT 1,          -- the step the saga is at
+    direction     text NOT NULL DEFAULT 'forward',  -- of that step
+    payload       jsonb NOT NULL,
+    outputs       jsonb NOT NULL DEFAULT '{}',      -- step name -> output of its forward run
+    deadline      timestamptz,
+    cancel_reason text,                              -- set by saga_cancel / a deadline
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,                       -- completed, compensated or cancelled: retention counts from here
+    FOREIGN KEY (definition, version) REFERENCES apicore.saga_definition
+) WITH (fillfactor = 80);
+-- No index covers the columns a step report changes (position, outputs,
+-- updated_at), so those updates stay HOT; fillfactor leaves them room.
+CREATE INDEX saga_deadline ON apicore.saga (deadline) WHERE state = 'running' AND deadline IS NOT NULL;
+CREATE INDEX saga_finished ON apicore.saga (finished_at) WHERE finished_at IS NOT NULL;
+COMMENT ON TABLE apicore.saga IS 'one row per saga; use the views apicore.sagas and apicore.saga_dead_letter';
+
+-- One row per step run (forward or compensate) once it has become runnable.
+-- The run's settings are copied from the definition so a claim reads one row.
+CREATE TABLE apicore.saga_step (
+    saga             uuid NOT NULL REFERENCES apicore.saga ON DELETE CASCADE,
+    position         int NOT NULL,
+    direction        text NOT NULL CHECK (direction IN ('forward', 'compensate')),
+    step             text NOT NULL,
+    action           text NOT NULL,   -- what a worker runs: the step, or its compensate name
+    definition       text NOT NULL,   -- copied for saga_claim's filter
+    function         regprocedure,    -- set: a local step, run by apicore
+    state            text NOT NULL DEFAULT 'runnable'
+                     CHECK (state IN ('runnable', 'claimed', 'succeeded', 'failed', 'cancelled')),
+    attempt          int NOT NULL DEFAULT 0,
+    max_attempts     int NOT NULL,
+    timeout          interval NOT NULL,
+    backoff          interval NOT NULL,
+    max_backoff      interval NOT NULL,
+    run_after        timestamptz NOT NULL DEFAULT now(),
+    lease_expires_at timestamptz,
+    worker           text,
+    last_error       text,
+    output           jsonb,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (saga, position, direction)
+);
+CREATE INDEX saga_step_runnable ON apicore.saga_step (run_after) WHERE state = 'runnable' AND function IS NULL;
+CREATE INDEX saga_step_local_due ON apicore.saga_step (run_after) WHERE state = 'runnable' AND function IS NOT NULL;
+CREATE INDEX saga_step_leased ON apicore.saga_step (lease_expires_at) WHERE state = 'claimed';
+
+-- The audit trail.  Rows are only ever inserted; the trigger below refuses
+-- UPDATE and TRUNCATE, and DELETE of a row whose saga still exists (the
+-- retention task removes a deleted saga's rows with it).
+CREATE TABLE apicore.saga_transition (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    saga       uuid NOT NULL,
+    step       text,            -- NULL: a transition of the saga itself
+    direction  text,
+    attempt    int,
+    from_state text,
+    to_state   text NOT NULL,
+    actor      text NOT NULL,
+    reason     text,
+    at         timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX saga_transition_saga ON apicore.saga_transition (saga, id);
+
+CREATE FUNCTION apicore._saga_transition_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND NOT EXISTS (SELECT 1 FROM apicore.saga WHERE id = OLD.saga) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'apicore.saga_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = '42501',
+              HINT = 'Audit rows leave only with their saga, through apicore.saga_retention.';
+END $$;
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON apicore.saga_transition
+    FOR EACH ROW EXECUTE FUNCTION apicore._saga_transition_append_only();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON apicore.saga_transition
+    FOR EACH STATEMENT EXECUTE FUNCTION apicore._saga_transition_append_only();
+REVOKE UPDATE, DELETE, TRUNCATE ON apicore.saga_transition FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('apicore.saga_definition', '');
+SELECT pg_catalog.pg_extension_config_dump('apicore.saga_definition_step', '');
+SELECT pg_catalog.pg_extension_config_dump('apicore.saga', '');
+SELECT pg_catalog.pg_extension_config_dump('apicore.saga_step', '');
+SELECT pg_catalog.pg_extension_config_dump('apicore.saga_transition', '');
+SELECT pg_catalog.pg_extension_config_dump('apicore.saga_transition_id_seq', '');
+
+-- ---------- views ----------
+
+CREATE VIEW apicore.sagas AS
+SELECT g.id, g.definition, g.version, g.state,
+       s.step AS current_step, g.direction, s.state AS step_state, s.attempt,
+       s.run_after, s.lease_expires_at, s.worker, s.last_error,
+       g.deadline, g.cancel_reason, g.created_at, g.updated_at,
+       now() - g.created_at AS age
+  FROM apicore.saga g
+  LEFT JOIN apicore.saga_step s
+    ON s.saga = g.id AND s.position = g.position AND s.direction = g.direction;
+COMMENT ON VIEW apicore.sagas IS 'one row per saga: state, current step, attempts, age';
+
+CREATE VIEW apicore.saga_dead_letter AS
+SELECT id, definition, version, current_step, direction, attempt, last_error,
+       created_at, updated_at, age
+  FROM apicore.sagas
+ WHERE state = 'failed';
+COMMENT ON VIEW apicore.saga_dead_letter IS
+    'sagas that need an operator: apicore.saga_retry(id, actor, reason) or apicore.saga_resolve(id, outcome, actor, reason)';
+
+CREATE VIEW apicore.saga_log AS
+SELECT id, saga, step, direction, attempt, from_state, to_state, actor, reason, at
+  FROM apicore.saga_transition;
+COMMENT ON VIEW apicore.saga_log IS 'append-only audit trail of every saga and step transition';
+
+-- ---------- functions ----------
+
+CREATE FUNCTION apicore.saga_define(name text, steps jsonb) RETURNS int
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_define';
+COMMENT ON FUNCTION apicore.saga_define(text, jsonb) IS
+    'validate steps and store them as the next version of the definition; returns that version (the latest one when steps are unchanged)';
+
+CREATE FUNCTION apicore.saga_start(definition text, payload jsonb DEFAULT '{}',
+        saga_id uuid DEFAULT NULL, deadline interval DEFAULT NULL) RETURNS uuid
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_start';
+
+CREATE FUNCTION apicore.saga_claim(worker text, definitions text[] DEFAULT NULL, max_steps int DEFAULT 1)
+    RETURNS TABLE (saga_id uuid, definition text, version int, step text, direction text,
+                   attempt int, payload jsonb, outputs jsonb, idempotency_key text,
+                   lease_expires_at timestamptz, action text)
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_claim';
+
+CREATE FUNCTION apicore.saga_step_succeeded(saga_id uuid, step text, attempt int, output jsonb DEFAULT NULL)
+    RETURNS text LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_step_succeeded';
+
+CREATE FUNCTION apicore.saga_step_failed(saga_id uuid, step text, attempt int, error text,
+        retryable bool DEFAULT true)
+    RETURNS text LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_step_failed';
+
+CREATE FUNCTION apicore.saga_heartbeat(saga_id uuid, step text, attempt int) RETURNS timestamptz
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_heartbeat';
+
+CREATE FUNCTION apicore.saga_cancel(saga_id uuid, reason text) RETURNS text
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_cancel';
+
+CREATE FUNCTION apicore.saga_retry(saga_id uuid, actor text, reason text) RETURNS text
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_retry';
+
+CREATE FUNCTION apicore.saga_resolve(saga_id uuid, outcome text, actor text, reason text) RETURNS text
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_resolve';
+
+CREATE FUNCTION apicore.saga_get(saga_id uuid) RETURNS jsonb
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'apicore_saga_get';
+
+-- ---------- maintenance ----------
+
+CREATE FUNCTION apicore._saga_reclaim_leases() RETURNS text
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_reclaim_leases';
+CREATE FUNCTION apicore._saga_fire_deadlines() RETURNS text
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_fire_deadlines';
+CREATE FUNCTION apicore._saga_run_local_steps() RETURNS text
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_run_local_steps';
+CREATE FUNCTION apicore._saga_retention() RETURNS text
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'apicore_saga_retention';
+INSERT INTO apicore.maintenance_task VALUES
+    ('saga_reclaim_leases', 'apicore._saga_reclaim_leases', 40),
+    ('saga_fire_deadlines', 'apicore._saga_fire_deadlines', 41),
+    ('saga_run_local_steps', 'apicore._saga_run_local_steps', 42),
+    ('saga_retention', 'apicore._saga_retention', 43);
