@@ -32,6 +32,19 @@ SELECT outcome, attempt, response_code, response_body
   FROM apicore.idempotency_begin('acct_1', 'key-1', '{"method": "POST", "path": "/orders", "body": {"amount": 11}}');
 -- NULL request skips the fingerprint check
 SELECT outcome FROM apicore.idempotency_begin('acct_1', 'key-1');
+-- the fingerprint follows jsonb equality: 1e2 = 100.0 = 100, but order in arrays,
+-- null members and scalar-vs-array all count
+SELECT outcome FROM apicore.idempotency_begin('fp', 'k', '{"n": 100, "list": [1, 2], "s": "x"}');
+SELECT apicore.idempotency_complete('fp', 'k', 1, 200, 'ok');
+SELECT outcome FROM apicore.idempotency_begin('fp', 'k', '{"s": "x", "list": [1, 2], "n": 1e2}');
+SELECT outcome FROM apicore.idempotency_begin('fp', 'k', '{"n": 100.000, "list": [1, 2], "s": "x"}');
+SELECT outcome FROM apicore.idempotency_begin('fp', 'k', '{"n": 100, "list": [2, 1], "s": "x"}');
+SELECT outcome FROM apicore.idempotency_begin('fp', 'k', '{"n": 100, "list": [1, 2], "s": "x", "extra": null}');
+SELECT outcome FROM apicore.idempotency_begin('fp', 'k', '{"n": "100", "list": [1, 2], "s": "x"}');
+SELECT outcome FROM apicore.idempotency_begin('fp', 'k2', '"x"');
+SELECT apicore.idempotency_complete('fp', 'k2', 1, 200, 'ok');
+SELECT outcome FROM apicore.idempotency_begin('fp', 'k2', '["x"]');
+SELECT outcome FROM apicore.idempotency_begin('fp', 'k2', '"x"');
 -- the same key in another scope is another key
 SELECT outcome, attempt FROM apicore.idempotency_begin('acct_2', 'key-1', '{"method": "POST"}');
 SELECT apicore.idempotency_release('acct_2', 'key-1', 1);

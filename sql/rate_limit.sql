@@ -59,6 +59,9 @@ SET apicore.rate_limit_test_clock = 3009.999999;
 SELECT allowed FROM apicore.rate_limit_check('fixed', 'u1');
 SET apicore.rate_limit_test_clock = 3010;
 SELECT * FROM apicore.rate_limit_check('fixed', 'u1', 3);
+-- a limit lowered below what the window already used: nothing remains, nothing negative
+SELECT apicore.rate_limit_policy_set('fixed', 2, '10 seconds', algorithm => 'fixed_window');
+SELECT * FROM apicore.rate_limit_check('fixed', 'u1');
 
 -- sliding window: 10 per 10 s, previous window weighted by what is left of it
 SELECT apicore.rate_limit_policy_set('sliding', 10, '10 seconds', algorithm => 'sliding_window');

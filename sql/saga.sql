@@ -261,6 +261,7 @@ SELECT apicore._saga_retention();
 RESET apicore.saga_retention;
 
 -- clean up
+DELETE FROM apicore.saga_step;
 DELETE FROM apicore.saga;
 DELETE FROM apicore.saga_transition;
 DELETE FROM apicore.saga_definition;

@@ -21,7 +21,9 @@ CREATE INDEX users_name_idx ON sd.users (name);
 GRANT SELECT, INSERT, UPDATE, DELETE ON sd.users TO sd_app, sd_support, sd_bypass;
 INSERT INTO sd.users SELECT g, 'u' || g || '@example.com', 'user ' || g FROM generate_series(1, 10) g;
 INSERT INTO sd.users VALUES (13, 'early@example.com', 'early');
--- a plan cached before enable notices it (the trigger invalidates the relcache)
+-- a plan cached before enable notices it (the trigger invalidates the relcache);
+-- generic plans, so that a cached plan is really reused
+SET plan_cache_mode = force_generic_plan;
 PREPARE early(int) AS DELETE FROM sd.users WHERE id = $1;
 EXECUTE early(404);
 
@@ -46,6 +48,7 @@ SELECT count(*) AS visible FROM sd.users;
 SELECT id FROM sd.users WHERE id <= 4;
 -- writing a deleted row or inserting one already deleted is refused
 UPDATE sd.users SET name = 'x' WHERE id = 1;
+\echo updated :ROW_COUNT
 INSERT INTO sd.users VALUES (99, 'z@example.com', 'z', now());
 -- nor can the application mark a row by hand: DELETE is the way
 UPDATE sd.users SET deleted_at = now() WHERE id = 5;
@@ -92,6 +95,9 @@ SET ROLE sd_app;
 SELECT id FROM sd.users ORDER BY id;
 DELETE FROM sd.users WHERE id = 11 RETURNING id;
 SELECT count(*) FROM sd.users WHERE id = 11;
+-- asking for deleted rows outright finds none either
+SELECT count(*) AS deleted_seen FROM sd.users WHERE deleted_at IS NOT NULL;
+SELECT count(*) AS deleted_seen FROM sd.users u1 JOIN sd.users u2 USING (email) WHERE u1.id <> u2.id;
 -- restore is not for ordinary roles
 SELECT apicore.soft_delete_restore('sd.users', '{"id": 11}');
 RESET ROLE;
@@ -99,6 +105,9 @@ RESET ROLE;
 -- the privileged paths: a BYPASSRLS role reads deleted rows ...
 SET ROLE sd_bypass;
 SELECT id, email, deleted_at IS NOT NULL AS deleted FROM sd.users ORDER BY id;
+-- without RLS too, a deleted row is not marked again
+DELETE FROM sd.users WHERE id = 4;
+\echo deleted :ROW_COUNT
 RESET ROLE;
 -- ... and a member of apicore_soft_delete_admin restores them
 SET ROLE sd_support;
@@ -213,6 +222,27 @@ SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.members', '{"org": 1
 SELECT org, uid FROM sd.members WHERE deleted_at IS NULL;
 SELECT apicore.soft_delete_disable('sd.members');
 
+-- names that need quoting, everywhere apicore builds SQL
+SET ROLE sd_owner;
+CREATE TABLE sd."Odd Table" ("Key" int PRIMARY KEY, "E-mail" text UNIQUE);
+INSERT INTO sd."Odd Table" VALUES (1, 'a'), (2, 'b');
+SELECT apicore.soft_delete_enable('sd."Odd Table"', 'Gone At', archive_after => '1 hour', purge_after => '1 day');
+DELETE FROM sd."Odd Table" WHERE "Key" = 1;
+\echo deleted :ROW_COUNT
+INSERT INTO sd."Odd Table" VALUES (3, 'a');
+RESET ROLE;
+UPDATE sd."Odd Table" SET "Gone At" = now() - interval '2 hours' WHERE "Key" = 1;
+SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
+SELECT "Key", "E-mail" FROM sd."Odd Table_archive";
+SET ROLE sd_owner;
+DELETE FROM sd."Odd Table" WHERE "Key" = 3;
+SELECT apicore.soft_delete_restore('sd."Odd Table"', '{"Key": 1}') AS restored;
+SELECT "Key", "E-mail" FROM sd."Odd Table" ORDER BY 1;
+SELECT apicore.soft_delete_purge('sd."Odd Table"', '{"Key": 3}') AS purged;
+SELECT apicore.soft_delete_disable('sd."Odd Table"');
+\d sd."Odd Table"
+RESET ROLE;
+
 -- maintenance forgets the settings of dropped tables
 CREATE TABLE sd.gone (id int PRIMARY KEY);
 SELECT apicore.soft_delete_enable('sd.gone');
@@ -220,4 +250,5 @@ DROP TABLE sd.gone;
 SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
 SELECT count(*) AS settings_rows FROM apicore.soft_delete_settings;
 DROP SCHEMA sd CASCADE;
+RESET plan_cache_mode;
 DROP ROLE sd_owner, sd_app, sd_support, sd_bypass;

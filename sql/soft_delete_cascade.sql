@@ -113,6 +113,20 @@ RESET ROLE;
 SELECT (SELECT count(*) FROM sdc.projects WHERE id = 50) AS project,
        (SELECT count(*) FROM sdc.tasks WHERE id = 500) AS task;
 
+-- restoring a row restores what its delete cascaded to, and only that
+SET ROLE sdc_owner;
+INSERT INTO sdc.accounts (id, handle) VALUES (8, 'hal');
+INSERT INTO sdc.projects VALUES (80, 8, 'kept'), (81, 8, 'deleted on its own');
+INSERT INTO sdc.tasks (id, project_id, title) VALUES (800, 80, 't'), (810, 81, 't');
+DELETE FROM sdc.projects WHERE id = 81;
+DELETE FROM sdc.accounts WHERE id = 8;
+SELECT (SELECT count(*) FROM sdc.projects WHERE account_id = 8) AS projects,
+       (SELECT count(*) FROM sdc.tasks WHERE id IN (800, 810)) AS tasks;
+SELECT apicore.soft_delete_restore('sdc.accounts', '{"id": 8}') AS restored;
+SELECT id, title FROM sdc.projects WHERE account_id = 8 ORDER BY id;
+SELECT id FROM sdc.tasks WHERE id IN (800, 810) ORDER BY id;
+RESET ROLE;
+
 -- TRUNCATE with apicore.allow_truncate
 SET ROLE sdc_owner;
 SET apicore.allow_truncate = on;

@@ -47,6 +47,7 @@
 #include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
 #include "port/atomics.h"
+#include "storage/bufmgr.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
@@ -554,7 +555,7 @@ AddPending(text *scope, text *key, KeyRow *row)
 	return p;
 }
 
-/* ---------- the table, through SPI ---------- */
+/* ---------- the key table: direct reads and inserts, SPI updates ---------- */
 
 /*
  * Run the SPI work as the owner of the key table, so that applications need
@@ -607,9 +608,9 @@ EndAsOwner(AsOwner *as)
 }
 
 /*
- * Generic plans only: a custom plan would re-plan the Append over every
- * partition on each call, which costs more than the lookup itself; the
- * generic plan prunes expired partitions at executor start.
+ * Generic plans only: a custom plan would be planned again over every
+ * partition on each call; the generic plan prunes to the row's partition
+ * (expires_at = $14) at executor start.
  */
 static SPIPlanPtr
 PreparePlan(const char *sql, int nargs, Oid *types)
@@ -622,6 +623,7 @@ PreparePlan(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
+/* the parameters are the table's columns, in order (see RowToValues) */
 static Oid	row_types[] = {
 	TEXTOID, TEXTOID, TEXTOID, INT4OID, BYTEAOID, TEXTOID, INTERVALOID,
 	TIMESTAMPTZOID, INT4OID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
@@ -725,12 +727,25 @@ ScanPartition(Oid partition, text *scope, text *key, TimestampTz now,
 			  Snapshot snapshot, KeyRow *row)
 {
 	Relation	heap = table_open(partition, AccessShareLock);
-	Relation	index = index_open(ScopeKeyIndex(heap), AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(heap, NULL);
+	Relation	index;
+	TupleTableSlot *slot;
 	IndexScanDesc scan;
 	ScanKeyData keys[2];
 	bool		found = false;
 
+	/*
+	 * Most partitions are empty (the premade ones ahead of every key).  An
+	 * empty file proves absence: a row for this key could only have been
+	 * written under the key's lock, which the caller holds, so one committed
+	 * earlier is already in the file.
+	 */
+	if (RelationGetNumberOfBlocks(heap) == 0)
+	{
+		table_close(heap, NoLock);
+		return false;
+	}
+	index = index_open(ScopeKeyIndex(heap), AccessShareLock);
+	slot = table_slot_create(heap, NULL);
 	if (RelationGetDescr(heap)->natts != NUM_KEY_COLUMNS)
 		elog(ERROR, "apicore: partition \"%s\" does not have the columns of apicore.idempotency_key",
 			 RelationGetRelationName(heap));
@@ -758,6 +773,25 @@ ScanPartition(Oid partition, text *scope, text *key, TimestampTz now,
 }
 
 /*
+ * Which partitions end at or before `now`: every key in them has expired, so
+ * lookups skip them, and hold no lock that would delay maintenance dropping
+ * them.  In range bounds, partition indexes[i] ends at datums[i].
+ */
+static bool *
+ExpiredPartitions(PartitionDesc partitions, TimestampTz now)
+{
+	bool	   *expired = palloc0(sizeof(bool) * Max(partitions->nparts, 1));
+	PartitionBoundInfo bounds = partitions->boundinfo;
+
+	for (int i = 0; bounds != NULL && i < bounds->ndatums; i++)
+		if (bounds->indexes[i] >= 0 &&
+			bounds->kind[i][0] == PARTITION_RANGE_DATUM_VALUE &&
+			DatumGetTimestampTz(bounds->datums[i][0]) <= now)
+			expired[bounds->indexes[i]] = true;
+	return expired;
+}
+
+/*
  * Find the key's unexpired row in any partition, by direct index probes: the
  * executor's Append over every partition costs several times the probes.
  * Runs with the latest snapshot: the caller holds the key's lock, and a row
@@ -768,11 +802,13 @@ FindRow(text *scope, text *key, TimestampTz now, KeyRow *row)
 {
 	Relation	parent = table_open(KeyTableOid(), AccessShareLock);
 	PartitionDesc partitions = RelationGetPartitionDesc(parent, true);
+	bool	   *expired = ExpiredPartitions(partitions, now);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	bool		found = false;
 
 	for (int i = 0; i < partitions->nparts && !found; i++)
-		found = ScanPartition(partitions->oids[i], scope, key, now, snapshot, row);
+		if (!expired[i])
+			found = ScanPartition(partitions->oids[i], scope, key, now, snapshot, row);
 	UnregisterSnapshot(snapshot);
 	table_close(parent, NoLock);
 	return found;

@@ -58,6 +58,7 @@
 #define RL_MAX_PERIOD		(INT64CONST(3660) * USECS_PER_DAY)	/* 10 years */
 #define RL_MAX_TOLERANCE_NS (INT64CONST(36600) * USECS_PER_DAY * 1000)	/* 100 years */
 #define RL_FULL_RETRY		USECS_PER_SEC	/* Retry-After when the table is full */
+#define RL_LEASES_FULL		(-1)	/* no lease slot free (tokens are > 0) */
 
 /* Namespaces of the keyed hash: ad hoc limits, policies, concurrency. */
 #define RL_NS_ADHOC			'a'
@@ -123,16 +124,21 @@ typedef struct RlStat
 	pg_atomic_uint64 shadow_rejected;
 } RlStat;
 
+/* A free list of pool indexes, linked through the items' `next` fields. */
+typedef struct RlFreeList
+{
+	int32		head;
+	int64		used;			/* items handed out */
+} RlFreeList;
+
 typedef struct RlShared
 {
 	uint8		hash_key[crypto_shorthash_siphashx24_KEYBYTES];
 	int32		max_keys;
 	int32		buckets_per_partition;	/* power of two */
-	slock_t		pool_lock;		/* the two free lists and their counts */
-	int32		free_entry;
-	int32		free_slot;
-	int64		entries_used;
-	int64		slots_used;
+	slock_t		pool_lock;		/* the two free lists */
+	RlFreeList	entry_pool;
+	RlFreeList	slot_pool;
 	pg_atomic_uint64 evictions;
 	pg_atomic_uint64 full_events;
 	pg_atomic_uint64 next_token;
@@ -325,8 +331,8 @@ RlInitShared(void)
 		rl_entries[i].next = (i + 1 < rl->max_keys) ? i + 1 : RL_NONE;
 		rl_slots[i].next = (i + 1 < rl->max_keys) ? i + 1 : RL_NONE;
 	}
-	rl->free_entry = 0;
-	rl->free_slot = 0;
+	rl->entry_pool.head = 0;
+	rl->slot_pool.head = 0;
 }
 
 static void RlRestore(void);
@@ -612,7 +618,7 @@ FixedWindowStep(const RlParams *p, const RlState *in, int32 cost, int64 now,
 	}
 	else
 		r->retry_after = end - now;
-	r->remaining = p->limit - used;
+	r->remaining = Max(p->limit - used, 0);	/* the limit may have been lowered */
 	r->reset_after = used > 0 ? end - now : 0;
 	return r->allowed;
 }
@@ -727,31 +733,48 @@ RlLookup(const RlKey *key)
 	return NULL;
 }
 
+/* The `next` link of item i of a pool whose items are `stride` bytes apart. */
+#define RL_LINK(links, stride, i) (*(int32 *) ((char *) (links) + (Size) (i) * (stride)))
+#define RL_ENTRY_LINKS	&rl_entries[0].next, sizeof(RlEntry)
+#define RL_SLOT_LINKS	&rl_slots[0].next, sizeof(RlSlot)
+
+/* One item off a free list; RL_NONE when the pool is empty. */
 static int32
-RlSlotAlloc(void)
+RlPoolTake(RlFreeList *list, int32 *links, Size stride)
 {
 	int32		i;
 
 	SpinLockAcquire(&rl->pool_lock);
-	i = rl->free_slot;
+	i = list->head;
 	if (i != RL_NONE)
 	{
-		rl->free_slot = rl_slots[i].next;
-		rl->slots_used++;
+		list->head = RL_LINK(links, stride, i);
+		list->used++;
 	}
 	SpinLockRelease(&rl->pool_lock);
 	return i;
 }
 
-/* Free a chain of slots linked by next, `n` long. */
+/* Give back a chain of `n` items, first..last, already linked through next. */
 static void
-RlSlotFreeChain(int32 first, int32 last, int n)
+RlPoolGive(RlFreeList *list, int32 *links, Size stride, int32 first, int32 last, int n)
 {
 	SpinLockAcquire(&rl->pool_lock);
-	rl_slots[last].next = rl->free_slot;
-	rl->free_slot = first;
-	rl->slots_used -= n;
+	RL_LINK(links, stride, last) = list->head;
+	list->head = first;
+	list->used -= n;
 	SpinLockRelease(&rl->pool_lock);
+}
+
+static int64
+RlPoolUsed(RlFreeList *list)
+{
+	int64		used;
+
+	SpinLockAcquire(&rl->pool_lock);
+	used = list->used;
+	SpinLockRelease(&rl->pool_lock);
+	return used;
 }
 
 /* Drop the leases of a concurrency entry that expired by `now`; returns how many. */
@@ -774,7 +797,7 @@ RlPurgeLeases(RlEntry *e, int64 now)
 			continue;
 		}
 		*link = s->next;
-		RlSlotFreeChain(i, i, 1);
+		RlPoolGive(&rl->slot_pool, RL_SLOT_LINKS, i, i, 1);
 		freed++;
 	}
 	e->state.count -= freed;
@@ -821,30 +844,8 @@ RlReclaimPartition(int partition, int64 now, int *leases)
 		}
 	}
 	if (freed > 0)
-	{
-		SpinLockAcquire(&rl->pool_lock);
-		rl_entries[freed_last].next = rl->free_entry;
-		rl->free_entry = freed_first;
-		rl->entries_used -= freed;
-		SpinLockRelease(&rl->pool_lock);
-	}
+		RlPoolGive(&rl->entry_pool, RL_ENTRY_LINKS, freed_first, freed_last, freed);
 	return freed;
-}
-
-static int32
-RlEntryAlloc(void)
-{
-	int32		i;
-
-	SpinLockAcquire(&rl->pool_lock);
-	i = rl->free_entry;
-	if (i != RL_NONE)
-	{
-		rl->free_entry = rl_entries[i].next;
-		rl->entries_used++;
-	}
-	SpinLockRelease(&rl->pool_lock);
-	return i;
 }
 
 /*
@@ -876,12 +877,12 @@ static RlEntry *RlLinkNew(int32 i, const RlKey *key);
 static RlEntry *
 RlInsert(const RlKey *key, uint32 held, int64 now)
 {
-	int32		i = RlEntryAlloc();
+	int32		i = RlPoolTake(&rl->entry_pool, RL_ENTRY_LINKS);
 
 	if (i == RL_NONE)
 	{
 		RlMakeRoom(RlPartitionOf(key), held, now);
-		i = RlEntryAlloc();
+		i = RlPoolTake(&rl->entry_pool, RL_ENTRY_LINKS);
 		if (i == RL_NONE)
 		{
 			pg_atomic_fetch_add_u64(&rl->full_events, 1);
@@ -924,11 +925,7 @@ RlRemove(const RlKey *key)
 		if (e->state.kind == RL_CONCURRENCY)
 			RlPurgeLeases(e, PG_INT64_MAX);
 		*link = e->next;
-		SpinLockAcquire(&rl->pool_lock);
-		e->next = rl->free_entry;
-		rl->free_entry = i;
-		rl->entries_used--;
-		SpinLockRelease(&rl->pool_lock);
+		RlPoolGive(&rl->entry_pool, RL_ENTRY_LINKS, i, i, 1);
 		return true;
 	}
 	return false;
@@ -1510,7 +1507,7 @@ RlReleaseLease(const RlKey *key, int64 token)
 			if (rl_slots[i].token != token)
 				continue;
 			*link = rl_slots[i].next;
-			RlSlotFreeChain(i, i, 1);
+			RlPoolGive(&rl->slot_pool, RL_SLOT_LINKS, i, i, 1);
 			e->state.count--;
 			found = true;
 			break;
@@ -1554,7 +1551,10 @@ RlReleaseHeldLeases(int code, Datum arg)
 	held_leases = NIL;
 }
 
-/* Take a lease on an entry under its partition lock; the token, or 0 if none is free. */
+/*
+ * Take a lease on an entry under its partition lock: the token, 0 when
+ * max_in_flight are already out, RL_LEASES_FULL when the slot pool is empty.
+ */
 static int64
 RlTakeLease(RlEntry *e, int32 max_in_flight, int64 expires_at, int64 now)
 {
@@ -1567,8 +1567,10 @@ RlTakeLease(RlEntry *e, int32 max_in_flight, int64 expires_at, int64 now)
 		e->state.other = RL_NONE;
 	}
 	RlPurgeLeases(e, now);
-	if (e->state.count >= max_in_flight || (i = RlSlotAlloc()) == RL_NONE)
+	if (e->state.count >= max_in_flight)
 		return 0;
+	if ((i = RlPoolTake(&rl->slot_pool, RL_SLOT_LINKS)) == RL_NONE)
+		return RL_LEASES_FULL;
 	rl_slots[i].token = (int64) pg_atomic_fetch_add_u64(&rl->next_token, 1);
 	rl_slots[i].expires_at = expires_at;
 	rl_slots[i].pid = MyProcPid;
@@ -1618,11 +1620,20 @@ apicore_concurrency_acquire(PG_FUNCTION_ARGS)
 	e = RlLookup(&held->key);
 	if (e == NULL)
 		e = RlInsert(&held->key, 1U << part, now);
-	held->token = e ? RlTakeLease(e, max_in_flight, now + lease, now) : 0;
+	held->token = e ? RlTakeLease(e, max_in_flight, now + lease, now) : RL_LEASES_FULL;
 	values[2] = Int32GetDatum(e ? e->state.count : 0);
 	LWLockRelease(RlLock(part));
 
-	values[0] = BoolGetDatum(held->token != 0 || (e == NULL && rl_when_full == RL_FULL_ALLOW));
+	/* a full table (keys or slots) is counted, and when_full decides */
+	if (held->token == RL_LEASES_FULL)
+	{
+		if (e)
+			pg_atomic_fetch_add_u64(&rl->full_events, 1);
+		held->token = 0;
+		values[0] = BoolGetDatum(rl_when_full == RL_FULL_ALLOW);
+	}
+	else
+		values[0] = BoolGetDatum(held->token != 0);
 	values[1] = Int64GetDatum(held->token);
 	nulls[1] = held->token == 0;
 	nulls[2] = e == NULL;
@@ -1675,10 +1686,8 @@ apicore_rate_limit_stats(PG_FUNCTION_ARGS)
 	for (int i = 0; i < nstats; i++)
 		memcpy(stats[i].name, rl->stats[i].name, NAMEDATALEN);
 	SpinLockRelease(&rl->stats_lock);
-	SpinLockAcquire(&rl->pool_lock);
-	entries_used = rl->entries_used;
-	slots_used = rl->slots_used;
-	SpinLockRelease(&rl->pool_lock);
+	entries_used = RlPoolUsed(&rl->entry_pool);
+	slots_used = RlPoolUsed(&rl->slot_pool);
 
 	for (int i = 0; i < nstats; i++)
 	{
@@ -1717,9 +1726,7 @@ apicore_rate_limit_maintain(PG_FUNCTION_ARGS)
 		keys += RlReclaimPartition(part, now, &leases);
 		LWLockRelease(RlLock(part));
 	}
-	SpinLockAcquire(&rl->pool_lock);
-	in_use = rl->entries_used;
-	SpinLockRelease(&rl->pool_lock);
+	in_use = RlPoolUsed(&rl->entry_pool);
 	PG_RETURN_TEXT_P(cstring_to_text(psprintf("reclaimed %d keys at rest and %d expired leases; %lld of %d keys in use",
 											  keys, leases, (long long) in_use, rl->max_keys)));
 }
@@ -1820,7 +1827,7 @@ RlRestore(void)
 			RlFileRecord rec;
 			int32		i;
 
-			if (fread(&rec, sizeof(rec), 1, file) != 1 || (i = RlEntryAlloc()) == RL_NONE)
+			if (fread(&rec, sizeof(rec), 1, file) != 1 || (i = RlPoolTake(&rl->entry_pool, RL_ENTRY_LINKS)) == RL_NONE)
 				break;
 			RlLinkNew(i, &rec.key)->state = rec.state;
 			restored++;

@@ -95,8 +95,10 @@ typedef enum SagaPlanId
 	PLAN_LOG,
 	PLAN_STEP_INSERT,
 	PLAN_STEP_SUCCEED,
+	PLAN_FAST_SUCCEED,
 	PLAN_STEP_CLAIM_ONE,
 	PLAN_STEP_CLAIMED,
+	PLAN_STEP_EXPIRED,
 	PLAN_STEP_LATEST,
 	PLAN_STEP_CURRENT,
 	PLAN_STEP_SET,
@@ -104,6 +106,7 @@ typedef enum SagaPlanId
 	PLAN_STEP_REARM,
 	PLAN_NEXT_COMPENSATION,
 	PLAN_CLAIM,
+	PLAN_CLAIM_MANY,
 	PLAN_DUE_LOCAL_STEPS,
 	PLAN_HEARTBEAT,
 	PLAN_EXPIRED_SAGAS,
@@ -119,7 +122,30 @@ typedef struct SagaPlanDef
 	const char *sql;
 	int			nargs;
 	Oid			argtypes[11];
+	bool		custom;			/* plan for each call's values (a LIMIT parameter) */
 } SagaPlanDef;
+
+/*
+ * saga_claim's statement.  LIMIT 1, the common claim, is a literal so that
+ * its plan can be generic (planned once); with a LIMIT parameter the generic
+ * plan would assume 10% of the table and hash-join it.
+ */
+#define CLAIM_SQL(limit) "WITH c AS (" \
+	"  SELECT saga, position, direction FROM apicore.saga_step " \
+	"   WHERE state = 'runnable' AND run_after <= now() " \
+	"     AND ($2::text[] IS NULL OR definition = ANY ($2)) AND function IS NULL " \
+	"   ORDER BY run_after LIMIT " limit " FOR UPDATE SKIP LOCKED), " \
+	"u AS (" \
+	"  UPDATE apicore.saga_step s SET state = 'claimed', attempt = s.attempt + 1, worker = $1, " \
+	"         lease_expires_at = now() + s.timeout, updated_at = now() " \
+	"    FROM c WHERE s.saga = c.saga AND s.position = c.position AND s.direction = c.direction " \
+	"  RETURNING s.*), " \
+	"l AS (" \
+	"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) " \
+	"  SELECT saga, step, direction, attempt, 'runnable', 'claimed', $1 FROM u) " \
+	"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, g.outputs, " \
+	"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action " \
+	"FROM u JOIN apicore.saga g ON g.id = u.saga ORDER BY u.run_after"
 
 static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	[PLAN_DEF_LOCK] = {"SELECT pg_advisory_xact_lock(hashtext('apicore.saga_define'), hashtext($1))",
@@ -192,6 +218,45 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
 		"SELECT $1, step, direction, attempt, 'claimed', 'succeeded', $5 FROM s",
 	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}},
+	/*
+	 * The common report in one statement: a running saga's forward step
+	 * succeeded and the next step is a worker's.  Lock the saga, compare-and-
+	 * set the step, make the next one runnable, record the output, log both
+	 * transitions.  It changes nothing (no row) unless all of that applies;
+	 * saga_step_succeeded then takes the general path.
+	 */
+	[PLAN_FAST_SUCCEED] = {"WITH g AS ("
+		"  SELECT id, definition, version FROM apicore.saga "
+		"  WHERE id = $1 AND state = 'running' AND cancel_reason IS NULL FOR UPDATE), "
+		"s AS ("
+		"  UPDATE apicore.saga_step st SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
+		"    updated_at = now() "
+		"  FROM g JOIN apicore.saga_definition_step sd ON sd.definition = g.definition "
+		"    AND sd.version = g.version AND sd.name = $2 "
+		"  WHERE st.saga = $1 AND st.position = sd.position AND st.direction = 'forward' "
+		"    AND st.state = 'claimed' AND st.attempt = $3 "
+		"    AND EXISTS (SELECT FROM apicore.saga_definition_step d WHERE d.definition = g.definition "
+		"      AND d.version = g.version AND d.position = st.position + 1 AND d.function IS NULL) "
+		"  RETURNING st.position, st.step, st.worker, g.definition, g.version), "
+		"n AS ("
+		"  INSERT INTO apicore.saga_step (saga, position, direction, step, action, definition, "
+		"    max_attempts, timeout, backoff, max_backoff) "
+		"  SELECT $1, d.position, 'forward', d.name, d.name, d.definition, "
+		"    d.max_attempts, d.timeout, d.backoff, d.max_backoff "
+		"  FROM s JOIN apicore.saga_definition_step d ON d.definition = s.definition "
+		"    AND d.version = s.version AND d.position = s.position + 1 "
+		"  RETURNING position, step, definition), "
+		"m AS ("
+		"  UPDATE apicore.saga g2 SET position = n.position, direction = 'forward', "
+		"    outputs = g2.outputs || jsonb_build_object(s.step, $4::jsonb), updated_at = now() "
+		"  FROM n, s WHERE g2.id = $1), "
+		"l AS ("
+		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
+		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker FROM s "
+		"  UNION ALL "
+		"  SELECT $1, n.step, 'forward', NULL, NULL, 'runnable', s.worker FROM n, s) "
+		"SELECT n.step, n.definition FROM n",
+	4, {UUIDOID, TEXTOID, INT4OID, JSONBOID}},
 	[PLAN_STEP_CLAIM_ONE] = {"UPDATE apicore.saga_step SET state = 'claimed', attempt = attempt + 1, "
 		"  worker = $4, lease_expires_at = now() + timeout, updated_at = now() "
 		"WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'runnable' "
@@ -201,6 +266,10 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"  function::oid, worker "
 		"FROM apicore.saga_step WHERE saga = $1 AND step = $2 AND state = 'claimed'",
 	2, {UUIDOID, TEXTOID}},
+	[PLAN_STEP_EXPIRED] = {"SELECT position, direction, step, attempt, max_attempts, backoff, max_backoff, "
+		"  function::oid, worker "
+		"FROM apicore.saga_step WHERE saga = $1 AND lease_expires_at < now()",
+	1, {UUIDOID}},
 	[PLAN_STEP_LATEST] = {"SELECT state, attempt FROM apicore.saga_step WHERE saga = $1 AND step = $2 "
 	"ORDER BY updated_at DESC, direction DESC LIMIT 1", 2, {UUIDOID, TEXTOID}},
 	[PLAN_STEP_CURRENT] = {"SELECT s.state, s.step, s.attempt, s.worker, s.lease_expires_at::text "
@@ -233,44 +302,30 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"WHERE s.saga = $1 AND s.direction = 'forward' AND s.state = 'succeeded' AND s.position < $2 "
 		"  AND (d.compensate IS NOT NULL OR d.compensate_function IS NOT NULL) "
 		"ORDER BY s.position DESC LIMIT 1", 2, {UUIDOID, INT4OID}},
-	[PLAN_CLAIM] = {"WITH c AS ("
-		"  SELECT saga, position, direction FROM apicore.saga_step "
-		"   WHERE state = 'runnable' AND run_after <= now() "
-		"     AND ($2::text[] IS NULL OR definition = ANY ($2)) AND function IS NULL "
-		"   ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED), "
-		"u AS ("
-		"  UPDATE apicore.saga_step s SET state = 'claimed', attempt = s.attempt + 1, worker = $1, "
-		"         lease_expires_at = now() + s.timeout, updated_at = now() "
-		"    FROM c WHERE s.saga = c.saga AND s.position = c.position AND s.direction = c.direction "
-		"  RETURNING s.*), "
-		"l AS ("
-		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
-		"  SELECT saga, step, direction, attempt, 'runnable', 'claimed', $1 FROM u) "
-		"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, g.outputs, "
-		"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action "
-		"FROM u JOIN apicore.saga g ON g.id = u.saga ORDER BY u.run_after",
-	3, {TEXTOID, TEXTARRAYOID, INT4OID}},
+	[PLAN_CLAIM] = {CLAIM_SQL("1"), 2, {TEXTOID, TEXTARRAYOID}},
+	[PLAN_CLAIM_MANY] = {CLAIM_SQL("$3"), 3, {TEXTOID, TEXTARRAYOID, INT4OID}, true},
 	[PLAN_DUE_LOCAL_STEPS] = {"SELECT g.id, s.position, s.direction FROM apicore.saga_step s "
 		"JOIN apicore.saga g ON g.id = s.saga "
 		"WHERE s.state = 'runnable' AND s.run_after <= now() AND s.function IS NOT NULL "
-		"ORDER BY s.run_after LIMIT $1 FOR UPDATE OF g SKIP LOCKED", 1, {INT4OID}},
+		"ORDER BY s.run_after LIMIT $1 FOR UPDATE OF g SKIP LOCKED", 1, {INT4OID}, true},
 	[PLAN_HEARTBEAT] = {"UPDATE apicore.saga_step SET lease_expires_at = now() + timeout, updated_at = now() "
 		"WHERE saga = $1 AND step = $2 AND state = 'claimed' AND attempt = $3 RETURNING lease_expires_at",
 	3, {UUIDOID, TEXTOID, INT4OID}},
 	[PLAN_EXPIRED_SAGAS] = {"SELECT g.id FROM apicore.saga_step s JOIN apicore.saga g ON g.id = s.saga "
-		"WHERE s.state = 'claimed' AND s.lease_expires_at < now() "
+		"WHERE s.lease_expires_at < now() "
 		"ORDER BY s.lease_expires_at LIMIT $1 FOR UPDATE OF g SKIP LOCKED",
-	1, {INT4OID}},
+	1, {INT4OID}, true},
 	[PLAN_DEADLINE_SAGAS] = {"SELECT id FROM apicore.saga "
 		"WHERE state = 'running' AND deadline IS NOT NULL AND deadline < now() "
-	"ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED", 1, {INT4OID}},
-	/* a finished saga goes with its steps (ON DELETE CASCADE) in one statement */
+	"ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED", 1, {INT4OID}, true},
+	/* a finished saga goes with its steps in one statement */
 	[PLAN_RETENTION_SAGAS] = {"WITH doomed AS ("
 		"  SELECT id FROM apicore.saga "
 		"   WHERE finished_at < now() - make_interval(secs => $1) "
 		"   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
-		"gone AS (DELETE FROM apicore.saga g USING doomed WHERE g.id = doomed.id RETURNING g.id) "
-		"SELECT count(*)::int, array_agg(id) FROM gone", 2, {INT4OID, INT4OID}},
+		"gone AS (DELETE FROM apicore.saga g USING doomed WHERE g.id = doomed.id RETURNING g.id), "
+		"steps AS (DELETE FROM apicore.saga_step s USING gone WHERE s.saga = gone.id) "
+		"SELECT count(*)::int, array_agg(id) FROM gone", 2, {INT4OID, INT4OID}, true},
 	[PLAN_RETENTION_LOG] = {"DELETE FROM apicore.saga_transition WHERE saga = ANY ($1)",
 	1, {UUIDARRAYOID}},
 	[PLAN_GET] = {"SELECT jsonb_build_object("
@@ -301,8 +356,14 @@ SagaExec(SagaPlanId id, Datum *values, const char *nulls, bool read_only, long c
 
 	if (plans[id] == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(plan_defs[id].sql, plan_defs[id].nargs,
-									   (Oid *) plan_defs[id].argtypes);
+		/*
+		 * The generic plan unless told otherwise: a custom plan is planned
+		 * again on every call, which costs more than these statements take
+		 * to run.
+		 */
+		SPIPlanPtr	plan = SPI_prepare_cursor(plan_defs[id].sql, plan_defs[id].nargs,
+											  (Oid *) plan_defs[id].argtypes,
+											  plan_defs[id].custom ? 0 : CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "apicore: could not prepare saga plan %d: %s",
@@ -819,6 +880,24 @@ ReportNotClaimed(SagaRow *saga, const char *step, int attempt)
 			 errhint("The step was already reported, cancelled or resolved; drop this result.")));
 }
 
+/* The claimed run in the first row of PLAN_STEP_CLAIMED / PLAN_STEP_EXPIRED. */
+static StepRun *
+StepRunFromResult(void)
+{
+	StepRun    *run = palloc0(sizeof(StepRun));
+
+	run->position = DatumGetInt32(ResultValue(0, 1, NULL));
+	run->direction = ResultText(0, 2);
+	run->step = ResultText(0, 3);
+	run->attempt = DatumGetInt32(ResultValue(0, 4, NULL));
+	run->max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
+	run->backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
+	run->max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
+	run->function = DatumGetObjectId(ResultValue(0, 8, NULL));
+	run->worker = ResultText(0, 9);
+	return run;
+}
+
 /* Lock the saga and find the claimed run of `step` at exactly `attempt`. */
 static StepRun *
 ClaimedRun(FunctionCallInfo fcinfo, SagaRow **saga_out)
@@ -845,16 +924,7 @@ ClaimedRun(FunctionCallInfo fcinfo, SagaRow **saga_out)
 	if (SPI_processed == 0)
 		ReportNotClaimed(saga, step, attempt);
 
-	run = palloc0(sizeof(StepRun));
-	run->position = DatumGetInt32(ResultValue(0, 1, NULL));
-	run->direction = ResultText(0, 2);
-	run->step = ResultText(0, 3);
-	run->attempt = DatumGetInt32(ResultValue(0, 4, NULL));
-	run->max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
-	run->backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
-	run->max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
-	run->function = DatumGetObjectId(ResultValue(0, 8, NULL));
-	run->worker = ResultText(0, 9);
+	run = StepRunFromResult();
 	if (run->attempt != attempt)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
@@ -875,6 +945,27 @@ FinishWithState(SagaRow *saga)
 	return result;
 }
 
+/* The one-statement path of PLAN_FAST_SUCCEED; false when it does not apply. */
+static bool
+FastSucceed(FunctionCallInfo fcinfo)
+{
+	Datum		values[4];
+	char		nulls[4] = "    ";
+	SagaRow		saga;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		return false;			/* the general path reports the NULL */
+	for (int i = 0; i < 4; i++)
+		values[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
+	SagaExec(PLAN_FAST_SUCCEED, values, nulls, false, 1);
+	if (SPI_processed == 0)
+		return false;
+	saga.id = *PG_GETARG_UUID_P(0);
+	NotifyRunnable(&saga, ResultText(0, 2), ResultText(0, 1));
+	return true;
+}
+
 Datum
 apicore_saga_step_succeeded(PG_FUNCTION_ARGS)
 {
@@ -883,6 +974,11 @@ apicore_saga_step_succeeded(PG_FUNCTION_ARGS)
 	Datum		output = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
 
 	SPI_connect();
+	if (FastSucceed(fcinfo))
+	{
+		SPI_finish();
+		PG_RETURN_TEXT_P(cstring_to_text("running"));
+	}
 	run = ClaimedRun(fcinfo, &saga);
 	if (!RecordSuccess(saga, run, output, PG_ARGISNULL(3), run->worker))
 		elog(ERROR, "apicore: claimed step \"%s\" changed under the saga lock", run->step);
@@ -1202,12 +1298,23 @@ CurrentVersion(const char *definition)
 	return DatumGetInt32(ResultValue(0, 1, NULL));
 }
 
+/*
+ * A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds,
+ * then random bits.  Sagas started close in time sit close together in the
+ * indexes keyed by saga id, so each step writes fewer distinct pages.
+ */
 static void
-RandomUuid(pg_uuid_t *uuid)
+NewSagaId(pg_uuid_t *uuid)
 {
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		unix_ms = (uint64) (now / 1000) +
+		(uint64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+
 	randombytes_buf(uuid->data, UUID_LEN);
-	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;	/* version 4 */
-	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
+	for (int i = 0; i < 6; i++)
+		uuid->data[i] = (unix_ms >> (8 * (5 - i))) & 0xff;
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x70;	/* version 7 */
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;	/* RFC 9562 variant */
 }
 
 static void
@@ -1232,7 +1339,7 @@ apicore_saga_start(PG_FUNCTION_ARGS)
 
 	RequireArg(fcinfo, 1, "payload", "Pass the saga's input as jsonb, e.g. '{}'.");
 	if (PG_ARGISNULL(2))
-		RandomUuid(id);
+		NewSagaId(id);
 	else
 		*id = *PG_GETARG_UUID_P(2);
 	if (!PG_ARGISNULL(3))
@@ -1283,7 +1390,7 @@ ClaimSteps(const char *worker, Datum definitions, bool no_definitions, int max_s
 	Datum		values[3] = {CStringGetTextDatum(worker), definitions, Int32GetDatum(max_steps)};
 	char		nulls[3] = {' ', no_definitions ? 'n' : ' ', ' '};
 
-	SagaExec(PLAN_CLAIM, values, nulls, false, 0);
+	SagaExec(max_steps == 1 ? PLAN_CLAIM : PLAN_CLAIM_MANY, values, nulls, false, 0);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		Datum		row[11];
@@ -1470,43 +1577,16 @@ ReclaimSaga(pg_uuid_t *id)
 {
 	SagaRow    *saga = LockSaga(id);
 	Datum		values[1] = {UUIDPGetDatum(id)};
-	int			reclaimed = 0;
+	StepRun    *run;
 
 	if (saga == NULL)
 		return 0;
-	SPI_execute_with_args("SELECT step FROM apicore.saga_step "
-						  "WHERE saga = $1 AND state = 'claimed' AND lease_expires_at < now()",
-						  1, (Oid[]) {UUIDOID}, values, NULL, false, 0);
-	{
-		List	   *steps = NIL;
-		ListCell   *lc;
-
-		for (uint64 i = 0; i < SPI_processed; i++)
-			steps = lappend(steps, ResultText(i, 1));
-		foreach(lc, steps)
-		{
-			Datum		find[2] = {UUIDPGetDatum(id), CStringGetTextDatum(lfirst(lc))};
-			StepRun		run;
-
-			SagaExec(PLAN_STEP_CLAIMED, find, NULL, false, 1);
-			if (SPI_processed == 0)
-				continue;
-			run.position = DatumGetInt32(ResultValue(0, 1, NULL));
-			run.direction = ResultText(0, 2);
-			run.step = ResultText(0, 3);
-			run.attempt = DatumGetInt32(ResultValue(0, 4, NULL));
-			run.max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
-			run.backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
-			run.max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
-			run.function = DatumGetObjectId(ResultValue(0, 8, NULL));
-			run.worker = ResultText(0, 9);
-			SagaStepFailed(saga, &run,
-						   psprintf("lease of worker %s expired", run.worker ? run.worker : "?"),
-						   true, APICORE_ACTOR);
-			reclaimed++;
-		}
-	}
-	return reclaimed;
+	SagaExec(PLAN_STEP_EXPIRED, values, NULL, false, 1);
+	if (SPI_processed == 0)
+		return 0;				/* reported or heartbeated meanwhile */
+	run = StepRunFromResult();
+	SagaStepFailed(saga, run, psprintf("lease of worker %s expired", run->worker), true, APICORE_ACTOR);
+	return 1;
 }
 
 /* Ids from the last SPI result's first column, copied. */

@@ -8,10 +8,11 @@
  *    DELETE's row-level security policies.  The PlannedStmt keeps commandType
  *    CMD_DELETE (so the command tag says DELETE n, SPI says SPI_OK_DELETE and
  *    the required permission stays DELETE) while its ModifyTable updates;
- *  - the guard trigger (a DELETE that reached the table unconverted, because
- *    this library was not loaded, or a TRUNCATE) and the cascade trigger
- *    (soft delete of ON DELETE CASCADE children that have soft delete on);
- *  - apicore.soft_delete_enable/disable/restore/purge,
+ *  - the guard trigger (refuses a DELETE that reached the table unconverted:
+ *    this library was not loaded, or a foreign key cascades from a table
+ *    without soft delete; and TRUNCATE) and the cascade trigger (soft delete
+ *    and restore of ON DELETE CASCADE children that have soft delete on);
+ *  - apicore.soft_delete_enable/configure/disable/restore/purge,
  *    apicore.tenant_isolation_enable and the archive/purge maintenance task;
  *  - settings apicore.allow_truncate and apicore.soft_delete_batch_size.
  *
@@ -118,9 +119,6 @@ typedef struct RoleSwitch
 	int			saved_sec;
 } RoleSwitch;
 
-static Oid RelationOwner(Oid relid);
-static Oid ArchiveOf(Oid relid);
-
 PG_FUNCTION_INFO_V1(apicore_soft_delete_enable);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_configure);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_disable);
@@ -130,6 +128,10 @@ PG_FUNCTION_INFO_V1(apicore_soft_delete_maintain);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_guard);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_cascade);
 PG_FUNCTION_INFO_V1(apicore_tenant_isolation_enable);
+
+/* used before their definitions */
+static Oid RelationOwner(Oid relid);
+static Oid ArchiveOf(Oid relid);
 
 /* ---------- the planner hook ---------- */
 
@@ -216,7 +218,9 @@ ConvertDeleteToMark(Query *query)
 	query->targetList = list_make1(makeTargetEntry(marked_at, attnum,
 												   get_attname(rte->relid, attnum, false),
 												   false));
-	query->jointree->quals = make_and_qual(query->jointree->quals, (Node *) still_live);
+	/* the hiding policy already says so, unless RLS does not apply (BYPASSRLS) */
+	if (!list_member(rte->securityQuals, still_live))
+		query->jointree->quals = make_and_qual(query->jointree->quals, (Node *) still_live);
 	rte->updatedCols = bms_make_singleton(attnum - FirstLowInvalidHeapAttributeNumber);
 	return true;
 }
@@ -272,7 +276,6 @@ SoftDeleteInit(void)
 							"Rows archived or purged per table per maintenance run.",
 							NULL, &soft_delete_batch_size, 1000, 1, 1000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
-	MarkGUCPrefixReserved("apicore");
 
 	prev_planner_hook = planner_hook;
 	planner_hook = SoftDeletePlanner;
@@ -736,7 +739,7 @@ CreateCascadeTriggers(SoftDeleteTable *t, List *constraints)
 
 		snprintf(name, sizeof(name), CASCADE_TRIGGER_FMT, conoid);
 		RunSqlf("CREATE TRIGGER %s AFTER UPDATE OF %s ON %s FOR EACH ROW "
-				"WHEN (OLD.%s IS NULL AND NEW.%s IS NOT NULL) "
+				"WHEN ((OLD.%s IS NULL) <> (NEW.%s IS NULL)) "
 				"EXECUTE FUNCTION apicore._soft_delete_cascade('%u')",
 				name, column, QualifiedName(parent), column, column, conoid);
 	}
@@ -1387,8 +1390,9 @@ RequireTrigger(FunctionCallInfo fcinfo, const char *name)
 /*
  * BEFORE DELETE (row) and BEFORE TRUNCATE on a soft-delete table.  With the
  * planner hook in place a soft delete is an UPDATE, so a DELETE only reaches
- * here when the hook was absent (apicore not preloaded in this backend), or
- * when apicore itself erases rows.  Calling this function loads the library.
+ * here when the hook was absent (apicore not preloaded in this backend), when
+ * a foreign key cascades from a table without soft delete, or when apicore
+ * itself erases rows.  Calling this function loads the library.
  */
 Datum
 apicore_soft_delete_guard(PG_FUNCTION_ARGS)
@@ -1423,18 +1427,17 @@ apicore_soft_delete_guard(PG_FUNCTION_ARGS)
 }
 
 /*
- * AFTER UPDATE on a parent, when a row has just been soft-deleted: DELETE the
- * rows of the child named by the foreign key in tgargs[0], which the planner
- * hook turns into a soft delete (recursively).  Runs as the child's owner
- * past row-level security, as the foreign key's own actions do.
+ * The statement that carries a parent row's soft delete or restore to the
+ * child of foreign key `contup`: $1..$n are the key, and for a restore $n+1
+ * is the deleted-at time the rows share with their parent.  NULL when the
+ * row's key is NULL or the child no longer has soft delete.
  */
-Datum
-apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
+static char *
+CascadeStatement(HeapTuple contup, HeapTuple parent_row, TupleDesc desc, bool restore,
+				 int *nargs, Oid *types, Datum *values)
 {
-	TriggerData *trigdata = RequireTrigger(fcinfo, "_soft_delete_cascade");
-	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
-	HeapTuple	contup;
-	Oid			child;
+	Oid			child = ((Form_pg_constraint) GETSTRUCT(contup))->conrelid;
+	AttrNumber	child_column = SoftDeleteColumnOf(child);
 	int			nkeys;
 	AttrNumber	conkey[INDEX_MAX_KEYS];
 	AttrNumber	confkey[INDEX_MAX_KEYS];
@@ -1443,40 +1446,84 @@ apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
 				ff_eq[INDEX_MAX_KEYS];
 	int			nsetcols;
 	AttrNumber	setcols[INDEX_MAX_KEYS];
-	Oid			types[INDEX_MAX_KEYS];
-	Datum		values[INDEX_MAX_KEYS];
 	StringInfoData sql;
-	RoleSwitch	rs;
+	const char *column;
 
-	if (trigdata->tg_trigger->tgnargs != 1)
-		elog(ERROR, "apicore: _soft_delete_cascade() needs the foreign key's OID");
-	contup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(atooid(trigdata->tg_trigger->tgargs[0])));
-	if (!HeapTupleIsValid(contup))
-		return PointerGetDatum(NULL);	/* the foreign key is gone */
-	child = ((Form_pg_constraint) GETSTRUCT(contup))->conrelid;
+	if (child_column == InvalidAttrNumber)
+		return NULL;
+	column = quote_identifier(get_attname(child, child_column, false));
 	DeconstructFkConstraintRow(contup, &nkeys, conkey, confkey, pf_eq, pp_eq, ff_eq,
 							   &nsetcols, setcols);
-	ReleaseSysCache(contup);
-
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "DELETE FROM ONLY %s WHERE ", QualifiedName(child));
+	if (restore)
+		appendStringInfo(&sql, "UPDATE ONLY %s SET %s = NULL WHERE %s = $%d",
+						 QualifiedName(child), column, column, nkeys + 1);
+	else
+		appendStringInfo(&sql, "DELETE FROM ONLY %s WHERE true", QualifiedName(child));
 	for (int i = 0; i < nkeys; i++)
 	{
 		bool		isnull;
 
-		values[i] = heap_getattr(trigdata->tg_trigtuple, confkey[i], desc, &isnull);
+		values[i] = heap_getattr(parent_row, confkey[i], desc, &isnull);
 		if (isnull)
-			return PointerGetDatum(NULL);	/* a NULL key references nothing */
+			return NULL;		/* a NULL key references nothing */
 		types[i] = TupleDescAttr(desc, confkey[i] - 1)->atttypid;
-		appendStringInfo(&sql, "%s%s = $%d", i ? " AND " : "",
+		appendStringInfo(&sql, " AND %s = $%d",
 						 quote_identifier(get_attname(child, conkey[i], false)), i + 1);
 	}
+	*nargs = nkeys;
+	return sql.data;
+}
+
+/*
+ * AFTER UPDATE OF the deleted-at column on a parent, for the foreign key in
+ * tgargs[0].  A row just soft-deleted: DELETE its children, which the
+ * planner hook turns into soft deletes (recursively).  A row just restored:
+ * restore the children deleted with it (same deleted-at time), not those
+ * deleted on their own before.  Runs as the child's owner past row-level
+ * security, as the foreign key's own actions do.
+ */
+Datum
+apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = RequireTrigger(fcinfo, "_soft_delete_cascade");
+	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
+	AttrNumber	parent_column = SoftDeleteColumnOf(RelationGetRelid(trigdata->tg_relation));
+	HeapTuple	contup;
+	Oid			child;
+	bool		restore;
+	bool		isnull;
+	int			nargs = 0;
+	Oid			types[INDEX_MAX_KEYS + 1];
+	Datum		values[INDEX_MAX_KEYS + 1];
+	char	   *sql;
+	RoleSwitch	rs;
+
+	if (trigdata->tg_trigger->tgnargs != 1 || parent_column == InvalidAttrNumber ||
+		!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		elog(ERROR, "apicore: _soft_delete_cascade() belongs to soft_delete_enable's UPDATE triggers");
+	contup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(atooid(trigdata->tg_trigger->tgargs[0])));
+	if (!HeapTupleIsValid(contup))
+		return PointerGetDatum(NULL);	/* the foreign key is gone */
+	child = ((Form_pg_constraint) GETSTRUCT(contup))->conrelid;
+	restore = heap_attisnull(trigdata->tg_newtuple, parent_column, desc);
+	sql = CascadeStatement(contup, trigdata->tg_trigtuple, desc, restore, &nargs, types, values);
+	ReleaseSysCache(contup);
+	if (sql == NULL)
+		return PointerGetDatum(NULL);
+	if (restore)
+	{
+		types[nargs] = TIMESTAMPTZOID;
+		values[nargs] = heap_getattr(trigdata->tg_trigtuple, parent_column, desc, &isnull);
+		nargs++;
+	}
+
 	BecomeRole(&rs, RelationOwner(child));
 	SPI_connect();
 	cascade_depth++;
 	PG_TRY();
 	{
-		RunSql(sql.data, nkeys, types, values);
+		RunSql(sql, nargs, types, values);
 	}
 	PG_FINALLY();
 	{

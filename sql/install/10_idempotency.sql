@@ -162,7 +162,8 @@ $$;
 -- `premake` intervals of slack for a stalled worker.  Creation starts at the
 -- current interval, so a long gap never creates partitions for the past.
 -- Each DDL runs under a short lock_timeout in its own subtransaction: a
--- partition that cannot be locked at once is left for the next round.
+-- partition that cannot be locked at once is left for the next round, so
+-- application queries never wait behind maintenance for more than a moment.
 CREATE FUNCTION apicore._idempotency_maintain()
     RETURNS text
     LANGUAGE plpgsql
@@ -181,6 +182,7 @@ DECLARE
     highs    timestamptz[];
     created  int := 0;
     dropped  int := 0;
+    truncated int := 0;
     skipped  int := 0;
     moved    bigint := 0;
     purged   bigint := 0;
@@ -188,14 +190,30 @@ BEGIN
     SELECT * INTO s FROM apicore._idempotency_settings();
     step := extract(epoch FROM s.partition_interval);
 
+    -- Dropping a partition needs ACCESS EXCLUSIVE on the parent, which every
+    -- open transaction that looked a key up holds in ACCESS SHARE: try briefly,
+    -- as lookups queue behind the waiting DROP.  Failing that, TRUNCATE frees
+    -- the space at once (it locks only the partition, which lookups skip once
+    -- it has ended) and the empty table is dropped in a later round.
+    PERFORM set_config('lock_timeout', '50ms', true);
     FOR p IN SELECT * FROM apicore._idempotency_partitions() WHERE upper_bound <= now() LOOP
         BEGIN
             EXECUTE format('DROP TABLE %s', p.partition);
             dropped := dropped + 1;
         EXCEPTION WHEN lock_not_available THEN
-            skipped := skipped + 1;
+            BEGIN
+                IF pg_relation_size(p.partition) > 0 THEN
+                    EXECUTE format('TRUNCATE %s', p.partition);
+                    truncated := truncated + 1;
+                ELSE
+                    skipped := skipped + 1;
+                END IF;
+            EXCEPTION WHEN lock_not_available THEN
+                skipped := skipped + 1;
+            END;
         END;
     END LOOP;
+    PERFORM set_config('lock_timeout', '200ms', true);
 
     BEGIN
         DELETE FROM apicore.idempotency_key_default WHERE expires_at <= now();
@@ -229,8 +247,8 @@ BEGIN
         lo := hi;
     END LOOP;
 
-    RETURN format('partitions created %s, dropped %s, skipped (locked) %s; rows moved from default %s, expired rows purged from default %s',
-                  created, dropped, skipped, moved, purged);
+    RETURN format('partitions created %s, dropped %s, truncated %s, skipped (locked) %s; rows moved from default %s, expired rows purged from default %s',
+                  created, dropped, truncated, skipped, moved, purged);
 END
 $$;
 

@@ -57,7 +57,7 @@ COMMENT ON TABLE apicore.saga IS 'one row per saga; use the views apicore.sagas 
 -- One row per step run (forward or compensate) once it has become runnable.
 -- The run's settings are copied from the definition so a claim reads one row.
 CREATE TABLE apicore.saga_step (
-    saga             uuid NOT NULL REFERENCES apicore.saga ON DELETE CASCADE,
+    saga             uuid NOT NULL,   -- apicore.saga(id); no foreign key: its check would cost a query per step, and only retention deletes sagas
     position         int NOT NULL,
     direction        text NOT NULL CHECK (direction IN ('forward', 'compensate')),
     step             text NOT NULL,
@@ -82,13 +82,15 @@ CREATE TABLE apicore.saga_step (
 );
 CREATE INDEX saga_step_runnable ON apicore.saga_step (run_after) WHERE state = 'runnable' AND function IS NULL;
 CREATE INDEX saga_step_local_due ON apicore.saga_step (run_after) WHERE state = 'runnable' AND function IS NOT NULL;
-CREATE INDEX saga_step_leased ON apicore.saga_step (lease_expires_at) WHERE state = 'claimed';
+-- lease_expires_at is set exactly while a run is claimed.  The predicate does
+-- not mention state, so lookups of one saga's claimed step use the primary key.
+CREATE INDEX saga_step_leased ON apicore.saga_step (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 
 -- The audit trail.  Rows are only ever inserted; the trigger below refuses
 -- UPDATE and TRUNCATE, and DELETE of a row whose saga still exists (the
 -- retention task removes a deleted saga's rows with it).
 CREATE TABLE apicore.saga_transition (
-    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id         bigint GENERATED ALWAYS AS IDENTITY,  -- order of the log; the index below serves it
     saga       uuid NOT NULL,
     step       text,            -- NULL: a transition of the saga itself
     direction  text,

@@ -1,7 +1,8 @@
-# Cursor keys outside one server's lifetime: cursors survive a restart, a
-# streaming replica built with pg_basebackup decodes the primary's cursors
-# (and page cursors), a standby without a key says so clearly, and a key
-# rotated on the primary reaches the standby.
+# Cursor keys outside one server's lifetime: cursors survive a restart and a
+# crash, a streaming replica built with pg_basebackup decodes the primary's
+# cursors (and page cursors), a standby without a key says so clearly, a key
+# rotated on the primary reaches the standby, and pg_dump/pg_restore carry
+# the keys to a new database.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -46,6 +47,10 @@ is($primary->safe_psql('postgres', sprintf($decode, $cursor)), $expected,
 $primary->restart;
 is($primary->safe_psql('postgres', sprintf($decode, $cursor)), $expected,
 	'the cursor decodes after a restart');
+$primary->stop('immediate');
+$primary->start;
+is($primary->safe_psql('postgres', sprintf($decode, $cursor)), $expected,
+	'the cursor decodes after a crash (immediate stop) and recovery');
 is($primary->safe_psql('postgres', 'SELECT count(*) FROM apicore.cursor_key'), '1',
 	'the restart kept the one key');
 
@@ -86,6 +91,24 @@ is($standby->safe_psql('postgres', sprintf($decode, $rotated)), $expected,
 	'the replica decodes a cursor sealed with the rotated key');
 is($standby->safe_psql('postgres', sprintf($decode, $cursor)), $expected,
 	'... and still the old key\'s cursors');
+
+# pg_dump carries the keys: a restored database decodes the old cursors
+my $dump = $primary->basedir . '/keys.dump';
+$primary->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $primary->connstr('postgres') ],
+	'pg_dump of a database with cursor keys');
+$primary->safe_psql('postgres', 'CREATE DATABASE restored');
+$primary->command_ok([ 'pg_restore', '-d', $primary->connstr('restored'), $dump ],
+	'pg_restore into a new database');
+is($primary->safe_psql('restored', 'SELECT count(*) FROM apicore.cursor_key'), '2',
+	'the restored database has both keys');
+is($primary->safe_psql('restored', sprintf($decode, $cursor)), $expected,
+	'the restored database decodes a cursor of the original');
+
+# another database has its own key 1: the cursor is foreign there
+$primary->safe_psql('postgres', 'CREATE DATABASE elsewhere');
+$primary->safe_psql('elsewhere', "CREATE EXTENSION apicore; SELECT apicore.cursor_encode(ROW(1))");
+($rc, $out, $err) = $primary->psql('elsewhere', sprintf($decode, $cursor));
+like($err, qr/ERROR:  invalid cursor/, 'another database rejects the cursor as invalid');
 
 # non-superusers cannot read keys on the replica either
 $primary->safe_psql('postgres', 'CREATE ROLE app LOGIN');

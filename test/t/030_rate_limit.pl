@@ -92,6 +92,23 @@ is($node->safe_psql('postgres', q{SELECT full_events || ',' || (evictions > 0)
 	'the reclaim counts as an eviction, not a full event');
 $node->safe_psql('postgres', q{SET apicore.rate_limit_test_clock = 100000; SELECT apicore._rate_limit_maintain()});
 
+# ---- the lease pool (as many slots as keys) full: counted, and when_full decides
+my $leaser = $node->background_psql('postgres');
+is($leaser->query_safe(q{SELECT count(*) FROM (SELECT (apicore.concurrency_acquire('many', 100, '1 hour')).acquired
+	FROM generate_series(1, 16)) s WHERE acquired}),
+	'16', 'one backend holds all 16 lease slots');
+is($node->safe_psql('postgres', q{SET apicore.rate_limit_when_full = deny;
+	SELECT acquired FROM apicore.concurrency_acquire('many', 100, '1 hour')}), 'f',
+	'no slot left and when_full = deny: not acquired');
+is($node->safe_psql('postgres', q{SELECT acquired::text || coalesce(token::text, '-')
+	FROM apicore.concurrency_acquire('many', 100, '1 hour')}), 'true-',
+	'no slot left and when_full = allow: acquired without a token');
+is($node->safe_psql('postgres', q{SELECT full_events FROM apicore.rate_limit_stats WHERE policy IS NULL}),
+	'4', 'both are counted as full events');
+$leaser->quit;
+ok($node->poll_query_until('postgres', q{SELECT leases_in_flight = 0 FROM apicore.rate_limit_stats WHERE policy IS NULL}),
+	'the backend that quit gave all 16 back');
+
 # ---- many clients on one hot key: exactly the limit gets through
 $node->safe_psql('postgres', q{SELECT apicore.rate_limit_policy_set('hot', 100, '1 hour')});
 $node->pgbench('-n -c 8 -j 2 -t 200', 0, [qr/processed: 1600\/1600/], [qr/^$/],
