@@ -1,0 +1,138 @@
+# Soak: many clients mix every capability for SOAK_SECONDS (default 120)
+# while the maintenance worker runs every second, over unix sockets only.
+# Afterwards: no client failed, the log has no error or crash, no
+# concurrency slot leaked, no saga is stuck once the workers stop, and the
+# tables apicore writes are bounded by what the workload wrote.
+#
+# The workload lives in test/soak/ (setup.sql: functions; one pgbench script
+# per capability).  Outcomes that are normal under contention are caught
+# there by their documented SQLSTATE and counted, never hidden in the log:
+#   55P03 idempotency_complete by an attempt whose lease was taken over;
+#   55006 / 55000 saga report for a step whose lease ran out / no longer claimed.
+use strict;
+use warnings;
+use File::Basename qw(dirname);
+use Cwd qw(abs_path);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $seconds = $ENV{SOAK_SECONDS} // 120;
+my $clients = $ENV{SOAK_CLIENTS} // 8;
+my $soak_dir = abs_path(dirname(__FILE__) . '/../soak');
+
+my $node = PostgreSQL::Test::Cluster->new('soak');
+$node->init;    # unix sockets only: listen_addresses is empty
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'apicore'
+apicore.database = 'postgres'
+apicore.maintenance_interval = '1s'
+restart_after_crash = on
+max_connections = 40
+# the test's superuser is named like the OS user, apicore: keep "\$user" from
+# resolving to the extension's schema
+search_path = 'public'
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION apicore');
+$node->safe_psql('postgres', slurp_file("$soak_dir/setup.sql"));
+my $log_start = -s $node->logfile;
+
+# ---- the load: every capability at once
+my @scripts = map { ('-f', "$soak_dir/$_") }
+  ('idempotency.sql@3', 'cursor.sql@2', 'rate_limit.sql@3', 'saga.sql@3', 'soft_delete.sql@3');
+my ($stdout, $stderr);
+my $ok = IPC::Run::run(
+	[ 'pgbench', '-n', '-c', $clients, '-j', 2, '-T', $seconds, '-h', $node->host, '-p', $node->port,
+	  @scripts, 'postgres' ],
+	'>', \$stdout, '2>', \$stderr);
+ok($ok, "pgbench ran $clients clients for ${seconds}s") or diag $stderr;
+my ($processed) = $stdout =~ /number of transactions actually processed: (\d+)/;
+my ($failed) = $stdout =~ /number of failed transactions: (\d+)/;
+ok(defined $processed && $processed > 0, "transactions processed: " . ($processed // 'none'));
+is($failed // 0, 0, 'no transaction failed');
+unlike($stderr, qr/aborted|error/i, 'no client aborted') or diag $stderr;
+note $stdout;
+
+my %count = map {
+	$_ => $node->safe_psql('postgres', "SELECT last_value * is_called::int FROM $_")
+} qw(soak_idem_proceed soak_idem_stale soak_saga_started soak_saga_stale soak_sd_inserted soak_slots_abandoned);
+note join ', ', map { "$_=$count{$_}" } sort keys %count;
+ok($count{soak_idem_proceed} > 0 && $count{soak_saga_started} > 0 && $count{soak_sd_inserted} > 0,
+	'every capability did work');
+
+# ---- no concurrency slot leaked: abandoned ones expire with their 2 s lease
+ok($node->poll_query_until('postgres', q{
+SELECT in_flight = 1 FROM apicore.concurrency_acquire('soak_pool', 4, '1 second')}),
+	"no concurrency slot leaked ($count{soak_slots_abandoned} abandoned ones expired)");
+
+# ---- no saga stuck: the workers are gone; leases run out, the maintenance
+# worker reclaims steps and runs local ones, a last worker drains the queue
+my $settled = q{
+SELECT count(*) FROM apicore.run_maintenance();
+SELECT soak_drain();
+SELECT count(*) = 0 FROM apicore.sagas WHERE state IN ('running', 'compensating')};
+my $stuck = 1;
+for (1 .. 60)
+{
+	my @out = split /\n/, $node->safe_psql('postgres', $settled);
+	if ($out[-1] eq 't') { $stuck = 0; last; }
+	sleep 1;
+}
+ok(!$stuck, 'every saga reaches an end state once the workers stop') or diag $node->safe_psql('postgres',
+	q{SELECT state, current_step, direction, step_state, attempt, last_error FROM apicore.sagas
+	   WHERE state IN ('running', 'compensating') LIMIT 5});
+is($node->safe_psql('postgres', q{
+SELECT count(*) FROM apicore.sagas WHERE state NOT IN ('completed', 'compensated', 'failed')}),
+	'0', 'each saga is completed, compensated or failed');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM apicore.sagas'),
+	$count{soak_saga_started}, 'exactly the sagas started exist');
+note $node->safe_psql('postgres', q{SELECT string_agg(state || '=' || n, ', ') FROM
+	(SELECT state, count(*) n FROM apicore.sagas GROUP BY state) s});
+ok($node->safe_psql('postgres', q{
+SELECT count(*) FROM apicore.saga_step s WHERE NOT EXISTS (SELECT 1 FROM apicore.saga WHERE id = s.saga)}) == 0
+	&& $node->safe_psql('postgres', 'SELECT count(*) <= 6 * (SELECT count(*) FROM apicore.saga) FROM apicore.saga_step') eq 't',
+	'saga steps are bounded by the sagas (at most one forward and one compensate row per step)');
+
+# ---- bounded tables
+ok($node->safe_psql('postgres', qq{
+SELECT count(*) <= $count{soak_idem_proceed} FROM apicore.idempotency_key}) eq 't',
+	'idempotency rows never exceed the attempts that proceeded');
+ok($node->safe_psql('postgres', q{SELECT count(*) <= 3000 FROM apicore.idempotency_key
+	WHERE expires_at > now()}) eq 't', 'live idempotency keys are bounded by the key space (3000)');
+is($node->safe_psql('postgres', q{
+SELECT count(*) FROM (SELECT id FROM soak_note UNION ALL SELECT id FROM soak_note_archive) r
+ GROUP BY id HAVING count(*) > 1}), '', 'no row is both in the table and the archive');
+# windows: archive after 2 s, purge after 6 s; give maintenance a few rounds
+my $caught_up = 0;
+for (1 .. 30)
+{
+	$node->safe_psql('postgres', 'SELECT count(*) FROM apicore.run_maintenance()');
+	$caught_up = $node->safe_psql('postgres', q{
+SELECT NOT EXISTS (SELECT 1 FROM soak_note WHERE deleted_at < now() - interval '4 seconds')
+   AND NOT EXISTS (SELECT 1 FROM soak_note_archive WHERE deleted_at < now() - interval '8 seconds')}) eq 't';
+	last if $caught_up;
+	sleep 1;
+}
+ok($caught_up, 'archival and purge keep up: no row is left past its window');
+ok($node->safe_psql('postgres', qq{
+SELECT (SELECT count(*) FROM soak_note) + (SELECT count(*) FROM soak_note_archive) <= $count{soak_sd_inserted}}) eq 't',
+	'soft-delete table and archive hold no more rows than were inserted');
+# 500 clients x (two policies + one ad hoc key) + the pool
+my $keys = $node->safe_psql('postgres', 'SELECT max(keys_in_use) FROM apicore.rate_limit_stats');
+ok($keys <= 1501, "rate-limit keys in use are bounded by the key space ($keys <= 1501)");
+
+# ---- the worker and the log
+my $worker = $node->safe_psql('postgres', q{
+SELECT rounds || ' ' || tasks_failed FROM apicore.maintenance_workers WHERE database = 'postgres'});
+my ($rounds, $tasks_failed) = split / /, $worker;
+ok($rounds >= $seconds / 2, "the worker kept running rounds during the soak ($rounds)");
+is($tasks_failed, 0, 'no maintenance task failed');
+
+my $log = slurp_file($node->logfile, $log_start);
+unlike($log, qr/terminated by signal|PANIC|server process .* was terminated/, 'no backend crashed');
+my @errors = grep { !/^\s*$/ } ($log =~ /^.*\b(?:ERROR|FATAL|WARNING):.*$/mg);
+is(scalar @errors, 0, 'no ERROR, FATAL or WARNING in the server log') or diag join "\n", @errors[ 0 .. ($#errors < 9 ? $#errors : 9) ];
+
+$node->stop;
+done_testing();
