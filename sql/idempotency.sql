@@ -197,6 +197,25 @@ SELECT apicore.idempotency_complete('s', 'codes', 1, 599, 'edge');
 SELECT apicore.idempotency_get(NULL, 'k');
 SELECT apicore.idempotency_get('s', '');
 
+-- a large body (toasted) is replayed byte for byte, in both modes
+BEGIN;
+SELECT outcome FROM apicore.idempotency_begin('big', 'one-tx');
+SELECT apicore.idempotency_complete('big', 'one-tx', 1, 200, repeat('0123456789abcdef', 262144) || E'\n\u00e9');
+COMMIT;
+SELECT outcome FROM apicore.idempotency_begin('big', 'two-tx');
+SELECT apicore.idempotency_complete('big', 'two-tx', 1, 200, repeat('0123456789abcdef', 262144) || E'\n\u00e9');
+SELECT key, length(response_body), md5(response_body) = md5(repeat('0123456789abcdef', 262144) || E'\n\u00e9') AS same_bytes
+  FROM apicore.idempotency_begin('big', 'one-tx'), (VALUES ('one-tx')) k(key)
+UNION ALL
+SELECT key, length(response_body), md5(response_body) = md5(repeat('0123456789abcdef', 262144) || E'\n\u00e9')
+  FROM apicore.idempotency_begin('big', 'two-tx'), (VALUES ('two-tx')) k(key);
+
+-- a read-only transaction (or a hot standby) replays, but cannot claim a key
+BEGIN READ ONLY;
+SELECT outcome, response_body FROM apicore.idempotency_begin('acct_1', 'key-1');
+SELECT outcome FROM apicore.idempotency_begin('acct_1', 'read-only');
+ROLLBACK;
+
 -- ---------- privileges: EXECUTE is enough, the table stays closed ----------
 CREATE ROLE idempotency_app;
 SET ROLE idempotency_app;

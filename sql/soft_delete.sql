@@ -182,9 +182,13 @@ FETCH c;
 DELETE FROM sd.users WHERE CURRENT OF c;
 \echo deleted :ROW_COUNT
 COMMIT;
-SELECT count(*) AS still_visible FROM sd.users WHERE id IN (30, 31);
+-- and through an updatable view
+INSERT INTO sd.users (id, email, name) VALUES (32, 'u32@example.com', 'view');
+CREATE VIEW sd.user_list AS SELECT id, email FROM sd.users;
+DELETE FROM sd.user_list WHERE id = 32 RETURNING id;
+SELECT count(*) AS still_visible FROM sd.users WHERE id IN (30, 31, 32);
 RESET ROLE;
-SELECT count(*) AS marked FROM sd.users WHERE id IN (30, 31) AND deleted_at IS NOT NULL;
+SELECT count(*) AS marked FROM sd.users WHERE id IN (30, 31, 32) AND deleted_at IS NOT NULL;
 
 -- erasure: purge removes a row for real, live or deleted
 SET ROLE sd_owner;

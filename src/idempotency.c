@@ -991,19 +991,84 @@ DecideOnRow(KeyRow *row, TimestampTz now, bool has_fingerprint, uint8 *fingerpri
 	return row->state == KEY_RUNNING ? OUTCOME_TAKEOVER : OUTCOME_PROCEED;
 }
 
+/*
+ * Replays work anywhere, a hot standby included; owning a key means writing
+ * it (at complete or commit), so say so now rather than fail at COMMIT.
+ */
+static void
+RequireWritable(void)
+{
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("idempotency key cannot be claimed in a read-only transaction"),
+				 errhint("Call idempotency_begin on the primary, outside SET TRANSACTION READ ONLY; replays work anywhere.")));
+}
+
+/* What a begin call asks for. */
+typedef struct Claim
+{
+	TimestampTz now;
+	Interval   *ttl;
+	Interval   *lease;
+	bool		has_fingerprint;
+	uint8		fingerprint[FINGERPRINT_LEN];
+} Claim;
+
+/*
+ * With the key's lock held: decide the outcome, and take the key when it is
+ * ours to take.  `row` is the key as the caller will see it.
+ */
+static Outcome
+ClaimKey(text *scope, text *key, Claim *c, KeyRow *row)
+{
+	PendingKey *pending = FindPending(scope, key);
+	Outcome		outcome;
+
+	if (pending != NULL && pending->done_subid == InvalidSubTransactionId)
+	{
+		/* begun earlier in this very transaction and still open */
+		*row = pending->row;
+		return OUTCOME_CONFLICT;
+	}
+	if (pending != NULL && pending->done_as == KEY_RELEASED)
+	{
+		/* released earlier in this transaction: afresh, the old attempt stays stale */
+		RequireWritable();
+		NewKeyRow(row, c->now, c->ttl, c->lease, c->has_fingerprint, c->fingerprint);
+		row->attempt = pending->row.attempt + 1;
+		pending->row = *row;
+		pending->created_subid = GetCurrentSubTransactionId();
+		pending->done_subid = InvalidSubTransactionId;
+		return OUTCOME_PROCEED;
+	}
+	if (!FindRow(scope, key, c->now, row))
+	{
+		RequireWritable();
+		NewKeyRow(row, c->now, c->ttl, c->lease, c->has_fingerprint, c->fingerprint);
+		AddPending(scope, key, row);
+		return OUTCOME_PROCEED;
+	}
+	outcome = DecideOnRow(row, c->now, c->has_fingerprint, c->fingerprint);
+	if (outcome == OUTCOME_TAKEOVER || outcome == OUTCOME_PROCEED)
+	{
+		RequireWritable();
+		RestartRow(row, c->now, c->lease, c->has_fingerprint, c->fingerprint);
+		UpdateRow(scope, key, row);
+	}
+	return outcome;
+}
+
 static void
 Begin(text *scope, text *key, Jsonb *request, Interval *ttl, Interval *lease,
 	  BeginResult *result)
 {
-	uint8		fingerprint[FINGERPRINT_LEN];
-	bool		has_fingerprint = request != NULL;
-	TimestampTz now = GetCurrentTimestamp();
+	Claim		claim = {GetCurrentTimestamp(), ttl, lease, request != NULL};
 	LOCKTAG		tag;
 	LockAcquireResult got;
-	PendingKey *pending;
 
-	if (has_fingerprint)
-		Fingerprint(request, fingerprint);
+	if (claim.has_fingerprint)
+		Fingerprint(request, claim.fingerprint);
 
 	KeyLockTag(&tag, scope, key);
 	got = LockAcquire(&tag, ExclusiveLock, false, true);
@@ -1012,39 +1077,7 @@ Begin(text *scope, text *key, Jsonb *request, Interval *ttl, Interval *lease,
 		result->outcome = OUTCOME_CONFLICT;
 		return;
 	}
-
-	pending = FindPending(scope, key);
-	if (pending != NULL && pending->done_subid == InvalidSubTransactionId)
-	{
-		/* begun earlier in this very transaction and still open */
-		result->row = pending->row;
-		result->outcome = OUTCOME_CONFLICT;
-	}
-	else if (pending != NULL && pending->done_as == KEY_RELEASED)
-	{
-		/* released earlier in this transaction: afresh, the old attempt stays stale */
-		NewKeyRow(&result->row, now, ttl, lease, has_fingerprint, fingerprint);
-		result->row.attempt = pending->row.attempt + 1;
-		pending->row = result->row;
-		pending->created_subid = GetCurrentSubTransactionId();
-		pending->done_subid = InvalidSubTransactionId;
-		result->outcome = OUTCOME_PROCEED;
-	}
-	else if (!FindRow(scope, key, now, &result->row))
-	{
-		NewKeyRow(&result->row, now, ttl, lease, has_fingerprint, fingerprint);
-		AddPending(scope, key, &result->row);
-		result->outcome = OUTCOME_PROCEED;
-	}
-	else
-	{
-		result->outcome = DecideOnRow(&result->row, now, has_fingerprint, fingerprint);
-		if (result->outcome == OUTCOME_TAKEOVER || result->outcome == OUTCOME_PROCEED)
-		{
-			RestartRow(&result->row, now, lease, has_fingerprint, fingerprint);
-			UpdateRow(scope, key, &result->row);
-		}
-	}
+	result->outcome = ClaimKey(scope, key, &claim, &result->row);
 
 	/* a caller that does not own the key must not keep duplicates waiting */
 	if (got == LOCKACQUIRE_OK &&
@@ -1162,45 +1195,10 @@ apicore_idempotency_begin(PG_FUNCTION_ARGS)
 
 /* ---------- checkpoint, complete, release: acting as the owner ---------- */
 
-/*
- * The attempt's row, locked for the caller.  Waits for the key's lock: at
- * most a duplicate's begin, or a takeover's transaction, after which this
- * attempt is stale and refused.  Returns the pending entry when the key was
- * begun in this transaction and is not in the table yet; else fills `row`.
- */
-static PendingKey *
-OwnedKey(text *scope, text *key, int32 attempt, KeyRow *row)
+/* Refuse an attempt that the key in the table no longer belongs to. */
+static void
+CheckRowOwner(text *key, int32 attempt, KeyRow *row, TimestampTz now)
 {
-	LOCKTAG		tag;
-	PendingKey *pending;
-	TimestampTz now = GetCurrentTimestamp();
-
-	KeyLockTag(&tag, scope, key);
-	LockAcquire(&tag, ExclusiveLock, false, false);
-
-	pending = FindPending(scope, key);
-	if (pending != NULL && pending->done_subid == InvalidSubTransactionId)
-	{
-		if (pending->row.attempt != attempt)
-			ereport(ERROR,
-					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-					 errmsg("idempotency attempt %d does not hold key \"%s\"; attempt %d does",
-							attempt, text_to_cstring(key), pending->row.attempt),
-					 errhint("Pass the attempt number idempotency_begin returned.")));
-		return pending;
-	}
-	if (pending != NULL && pending->done_as == KEY_RELEASED)
-		ereport(ERROR,
-				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-				 errmsg("idempotency attempt %d released key \"%s\"", attempt, text_to_cstring(key)),
-				 errhint("Call idempotency_begin again to start a new attempt.")));
-
-	if (!FindRow(scope, key, now, row))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("idempotency key \"%s\" has not been begun in scope \"%s\"",
-						text_to_cstring(key), text_to_cstring(scope)),
-				 errhint("Call idempotency_begin first; a key is forgotten after its ttl.")));
 	if (row->state == KEY_COMPLETED && row->attempt == attempt)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1218,6 +1216,56 @@ OwnedKey(text *scope, text *key, int32 attempt, KeyRow *row)
 				 errmsg("idempotency attempt %d lost key \"%s\": its lease expired",
 						attempt, text_to_cstring(key)),
 				 errhint("Call idempotency_checkpoint more often than the lease, or begin again to take the key over.")));
+}
+
+/* Refuse an attempt that does not own the key begun in this transaction. */
+static void
+CheckPendingOwner(text *key, int32 attempt, PendingKey *pending)
+{
+	if (pending->done_subid != InvalidSubTransactionId)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("idempotency attempt %d released key \"%s\"", attempt, text_to_cstring(key)),
+				 errhint("Call idempotency_begin again to start a new attempt.")));
+	if (pending->row.attempt != attempt)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("idempotency attempt %d does not hold key \"%s\"; attempt %d does",
+						attempt, text_to_cstring(key), pending->row.attempt),
+				 errhint("Pass the attempt number idempotency_begin returned.")));
+}
+
+/*
+ * The attempt's key, locked for the caller.  Waits for the key's lock: at
+ * most a duplicate's begin, or a takeover's transaction, after which this
+ * attempt is stale and refused.  Returns the pending entry when the key was
+ * begun in this transaction and is not in the table yet; else fills `row`.
+ */
+static PendingKey *
+OwnedKey(text *scope, text *key, int32 attempt, KeyRow *row)
+{
+	LOCKTAG		tag;
+	PendingKey *pending;
+	TimestampTz now = GetCurrentTimestamp();
+
+	KeyLockTag(&tag, scope, key);
+	LockAcquire(&tag, ExclusiveLock, false, false);
+
+	/* a pending key completed here is in the table now: look there */
+	pending = FindPending(scope, key);
+	if (pending != NULL && !(pending->done_subid != InvalidSubTransactionId &&
+							 pending->done_as == KEY_COMPLETED))
+	{
+		CheckPendingOwner(key, attempt, pending);
+		return pending;
+	}
+	if (!FindRow(scope, key, now, row))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotency key \"%s\" has not been begun in scope \"%s\"",
+						text_to_cstring(key), text_to_cstring(scope)),
+				 errhint("Call idempotency_begin first; a key is forgotten after its ttl.")));
+	CheckRowOwner(key, attempt, row, now);
 	row->updated_at = now;
 	return NULL;
 }

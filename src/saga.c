@@ -89,7 +89,6 @@ typedef enum SagaPlanId
 	PLAN_SAGA_LOCK,
 	PLAN_SAGA_SET_STATE,
 	PLAN_SAGA_MOVE,
-	PLAN_SAGA_OUTPUT,
 	PLAN_SAGA_CANCEL_REASON,
 	PLAN_SAGA_DATA,
 	PLAN_LOG,
@@ -126,6 +125,14 @@ typedef struct SagaPlanDef
 } SagaPlanDef;
 
 /*
+ * A saga's outputs: the output of each forward step that succeeded, by step
+ * name.  Derived from the step rows rather than kept in the saga row, so a
+ * report does not rewrite every earlier output.
+ */
+#define OUTPUTS_SQL "(SELECT coalesce(jsonb_object_agg(o.step, o.output), '{}') " \
+	"FROM apicore.saga_step o WHERE o.saga = g.id AND o.direction = 'forward' AND o.state = 'succeeded')"
+
+/*
  * saga_claim's statement.  LIMIT 1, the common claim, is a literal so that
  * its plan can be generic (planned once); with a LIMIT parameter the generic
  * plan would assume 10% of the table and hash-join it.
@@ -143,7 +150,7 @@ typedef struct SagaPlanDef
 	"l AS (" \
 	"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) " \
 	"  SELECT saga, step, direction, attempt, 'runnable', 'claimed', $1 FROM u) " \
-	"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, g.outputs, " \
+	"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, " OUTPUTS_SQL ", " \
 	"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action " \
 	"FROM u JOIN apicore.saga g ON g.id = u.saga ORDER BY u.run_after"
 
@@ -166,16 +173,13 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	[PLAN_SAGA_LOCK] = {"SELECT state, position, direction, cancel_reason IS NOT NULL "
 	"FROM apicore.saga WHERE id = $1 FOR UPDATE", 1, {UUIDOID}},
 	[PLAN_SAGA_SET_STATE] = {"UPDATE apicore.saga SET state = $2, updated_at = now(), "
-		"  finished_at = CASE WHEN $2 IN ('completed', 'compensated', 'cancelled') THEN now() END, "
-		"  outputs = CASE WHEN $3 IS NULL THEN outputs ELSE outputs || jsonb_build_object($3, $4) END "
-	"WHERE id = $1", 4, {UUIDOID, TEXTOID, TEXTOID, JSONBOID}},
+		"  finished_at = CASE WHEN $2 IN ('completed', 'compensated', 'cancelled') THEN now() END "
+	"WHERE id = $1", 2, {UUIDOID, TEXTOID}},
 	[PLAN_SAGA_MOVE] = {"UPDATE apicore.saga SET position = $2, direction = $3, updated_at = now() "
 	"WHERE id = $1", 3, {UUIDOID, INT4OID, TEXTOID}},
-	[PLAN_SAGA_OUTPUT] = {"UPDATE apicore.saga SET outputs = outputs || jsonb_build_object($2::text, $3::jsonb) "
-	"WHERE id = $1", 3, {UUIDOID, TEXTOID, JSONBOID}},
 	[PLAN_SAGA_CANCEL_REASON] = {"UPDATE apicore.saga SET cancel_reason = $2 WHERE id = $1",
 	2, {UUIDOID, TEXTOID}},
-	[PLAN_SAGA_DATA] = {"SELECT payload, outputs FROM apicore.saga WHERE id = $1", 1, {UUIDOID}},
+	[PLAN_SAGA_DATA] = {"SELECT payload, " OUTPUTS_SQL " FROM apicore.saga g WHERE id = $1", 1, {UUIDOID}},
 	[PLAN_LOG] = {"INSERT INTO apicore.saga_transition "
 		"(saga, step, direction, attempt, from_state, to_state, actor, reason) "
 		"VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -200,15 +204,13 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"m AS ("
 		"  UPDATE apicore.saga g SET position = coalesce((SELECT n.position FROM n), g.position), "
 		"    direction = CASE WHEN EXISTS (SELECT FROM n) THEN $3 ELSE g.direction END, "
-		"    outputs = CASE WHEN $5::text IS NULL THEN g.outputs "
-		"      ELSE g.outputs || jsonb_build_object($5::text, $6::jsonb) END, "
 		"    updated_at = now() "
 		"  WHERE g.id = $1), "
 		"l AS ("
 		"  INSERT INTO apicore.saga_transition (saga, step, direction, to_state, actor) "
 		"  SELECT $1, step, $3, 'runnable', $4 FROM n) "
 		"SELECT step, definition, local FROM n",
-	6, {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID}},
+	4, {UUIDOID, INT4OID, TEXTOID, TEXTOID}},
 	/* compare-and-set: the claimed run at this attempt succeeded; logged */
 	[PLAN_STEP_SUCCEED] = {"WITH s AS ("
 		"  UPDATE apicore.saga_step SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
@@ -247,9 +249,8 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"    AND d.version = s.version AND d.position = s.position + 1 "
 		"  RETURNING position, step, definition), "
 		"m AS ("
-		"  UPDATE apicore.saga g2 SET position = n.position, direction = 'forward', "
-		"    outputs = g2.outputs || jsonb_build_object(s.step, $4::jsonb), updated_at = now() "
-		"  FROM n, s WHERE g2.id = $1), "
+		"  UPDATE apicore.saga g2 SET position = n.position, direction = 'forward', updated_at = now() "
+		"  FROM n WHERE g2.id = $1), "
 		"l AS ("
 		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
 		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker FROM s "
@@ -330,7 +331,7 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	1, {UUIDARRAYOID}},
 	[PLAN_GET] = {"SELECT jsonb_build_object("
 		"  'saga_id', g.id, 'definition', g.definition, 'version', g.version, 'state', g.state, "
-		"  'payload', g.payload, 'outputs', g.outputs, 'deadline', g.deadline, "
+		"  'payload', g.payload, 'outputs', " OUTPUTS_SQL ", 'deadline', g.deadline, "
 		"  'cancel_reason', g.cancel_reason, 'created_at', g.created_at, 'updated_at', g.updated_at, "
 		"  'current_step', (SELECT c.step FROM apicore.saga_step c WHERE c.saga = g.id "
 		"                    AND c.position = g.position AND c.direction = g.direction), "
@@ -463,15 +464,6 @@ typedef struct SagaRow
 	int			position;
 	char	   *direction;
 	bool		cancelling;		/* saga_cancel or a deadline asked to stop */
-
-	/*
-	 * The output of a forward step that just succeeded, not yet written to
-	 * saga.outputs: the next update of the saga row takes it along, so a
-	 * report costs one saga update, not two.
-	 */
-	char	   *output_step;
-	Datum		output;
-	bool		output_null;
 } SagaRow;
 
 /* One run of a step that has just been claimed (by a worker or by apicore). */
@@ -525,33 +517,9 @@ LockSagaOrError(pg_uuid_t *id)
 	return saga;
 }
 
-/* Fill (step, output) parameters with the pending output, or NULLs. */
-static void
-TakePendingOutput(SagaRow *saga, Datum *values, char *nulls)
-{
-	values[0] = saga->output_step ? CStringGetTextDatum(saga->output_step) : (Datum) 0;
-	nulls[0] = saga->output_step ? ' ' : 'n';
-	values[1] = saga->output;
-	nulls[1] = saga->output_step && !saga->output_null ? ' ' : 'n';
-	saga->output_step = NULL;
-}
-
-static void
-FlushPendingOutput(SagaRow *saga)
-{
-	Datum		values[3] = {UUIDPGetDatum(&saga->id)};
-	char		nulls[3] = " ";
-
-	if (saga->output_step == NULL)
-		return;
-	TakePendingOutput(saga, &values[1], &nulls[1]);
-	SagaExec(PLAN_SAGA_OUTPUT, values, nulls, false, 0);
-}
-
 /*
- * Compare-and-set the claimed run to succeeded; a forward step's output
- * becomes pending for saga.outputs.  False when the run is no longer
- * claimed at that attempt.
+ * Compare-and-set the claimed run to succeeded, with its output.  False when
+ * the run is no longer claimed at that attempt.
  */
 static bool
 RecordSuccess(SagaRow *saga, StepRun *run, Datum output, bool output_null, const char *actor)
@@ -562,27 +530,17 @@ RecordSuccess(SagaRow *saga, StepRun *run, Datum output, bool output_null, const
 	char		nulls[6] = {' ', ' ', ' ', output_null ? 'n' : ' ', ' ', ' '};
 
 	SagaExec(PLAN_STEP_SUCCEED, values, nulls, false, 0);
-	if (SPI_processed == 0)
-		return false;
-	if (strcmp(run->direction, "forward") == 0)
-	{
-		saga->output_step = run->step;
-		saga->output = output;
-		saga->output_null = output_null;
-	}
-	return true;
+	return SPI_processed > 0;
 }
 
 static void
 SetSagaState(SagaRow *saga, const char *state, const char *actor, const char *reason)
 {
-	Datum		values[4] = {UUIDPGetDatum(&saga->id), CStringGetTextDatum(state)};
-	char		nulls[4] = "  ";
+	Datum		values[2] = {UUIDPGetDatum(&saga->id), CStringGetTextDatum(state)};
 
 	if (strcmp(saga->state, state) == 0)
 		return;
-	TakePendingOutput(saga, &values[2], &nulls[2]);
-	SagaExec(PLAN_SAGA_SET_STATE, values, nulls, false, 0);
+	SagaExec(PLAN_SAGA_SET_STATE, values, NULL, false, 0);
 	LogTransition(&saga->id, NULL, NULL, 0, saga->state, state, actor, reason);
 	saga->state = pstrdup(state);
 }
@@ -736,20 +694,13 @@ NotifyRunnable(SagaRow *saga, const char *definition, const char *step)
 static bool
 Schedule(SagaRow *saga, int position, const char *direction, const char *actor, bool rearm)
 {
-	Datum		values[6] = {UUIDPGetDatum(&saga->id), Int32GetDatum(position),
+	Datum		values[4] = {UUIDPGetDatum(&saga->id), Int32GetDatum(position),
 	CStringGetTextDatum(direction), CStringGetTextDatum(actor)};
-	char		nulls[6] = "    ";
 	char	   *step;
 	char	   *definition;
 	bool		local;
 
-	if (rearm)
-		SagaExec(PLAN_STEP_REARM, values, NULL, false, 1);
-	else
-	{
-		TakePendingOutput(saga, &values[4], &nulls[4]);
-		SagaExec(PLAN_STEP_INSERT, values, nulls, false, 1);
-	}
+	SagaExec(rearm ? PLAN_STEP_REARM : PLAN_STEP_INSERT, values, NULL, false, 1);
 	if (SPI_processed == 0)
 		return false;			/* the definition has no step at `position` */
 	step = ResultText(0, 1);
@@ -809,7 +760,6 @@ SagaAdvanceFrom(SagaRow *saga, StepRun *run, bool succeeded, const char *actor)
 		CompensateBelow(saga, run->position, actor);
 	else
 		SetSagaState(saga, "failed", actor, "a compensation exhausted its attempts");
-	FlushPendingOutput(saga);
 }
 
 /*

@@ -35,12 +35,13 @@ CREATE TABLE apicore.saga (
     id            uuid PRIMARY KEY,
     definition    text NOT NULL,
     version       int NOT NULL,
-    state         text NOT NULL DEFAULT 'running'
-                  CHECK (state IN ('running', 'compensating', 'completed', 'compensated', 'failed', 'cancelled')),
+    -- running | compensating | completed | compensated | failed | cancelled.
+    -- No CHECK constraints on the saga tables: PostgreSQL parses them again
+    -- for every statement that writes a row, and only saga.c writes here.
+    state         text NOT NULL DEFAULT 'running',
     position      int NOT NULL DEFAULT 1,          -- the step the saga is at
     direction     text NOT NULL DEFAULT 'forward',  -- of that step
     payload       jsonb NOT NULL,
-    outputs       jsonb NOT NULL DEFAULT '{}',      -- step name -> output of its forward run
     deadline      timestamptz,
     cancel_reason text,                              -- set by saga_cancel / a deadline
     created_at    timestamptz NOT NULL DEFAULT now(),
@@ -48,8 +49,9 @@ CREATE TABLE apicore.saga (
     finished_at   timestamptz,                       -- completed, compensated or cancelled: retention counts from here
     FOREIGN KEY (definition, version) REFERENCES apicore.saga_definition
 ) WITH (fillfactor = 80);
--- No index covers the columns a step report changes (position, outputs,
+-- No index covers the columns a step report changes (position, direction,
 -- updated_at), so those updates stay HOT; fillfactor leaves them room.
+-- Outputs are not stored here: each is in its step row (saga_step.output).
 CREATE INDEX saga_deadline ON apicore.saga (deadline) WHERE state = 'running' AND deadline IS NOT NULL;
 CREATE INDEX saga_finished ON apicore.saga (finished_at) WHERE finished_at IS NOT NULL;
 COMMENT ON TABLE apicore.saga IS 'one row per saga; use the views apicore.sagas and apicore.saga_dead_letter';
@@ -59,13 +61,12 @@ COMMENT ON TABLE apicore.saga IS 'one row per saga; use the views apicore.sagas 
 CREATE TABLE apicore.saga_step (
     saga             uuid NOT NULL,   -- apicore.saga(id); no foreign key: its check would cost a query per step, and only retention deletes sagas
     position         int NOT NULL,
-    direction        text NOT NULL CHECK (direction IN ('forward', 'compensate')),
+    direction        text NOT NULL,   -- forward | compensate
     step             text NOT NULL,
     action           text NOT NULL,   -- what a worker runs: the step, or its compensate name
     definition       text NOT NULL,   -- copied for saga_claim's filter
     function         regprocedure,    -- set: a local step, run by apicore
-    state            text NOT NULL DEFAULT 'runnable'
-                     CHECK (state IN ('runnable', 'claimed', 'succeeded', 'failed', 'cancelled')),
+    state            text NOT NULL DEFAULT 'runnable',  -- runnable | claimed | succeeded | failed | cancelled
     attempt          int NOT NULL DEFAULT 0,
     max_attempts     int NOT NULL,
     timeout          interval NOT NULL,
