@@ -37,6 +37,9 @@ $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION apicore');
 $node->safe_psql('postgres', slurp_file("$soak_dir/setup.sql"));
 my $log_start = -s $node->logfile;
+ok($node->poll_query_until('postgres', 'SELECT count(*) > 0 FROM apicore._idempotency_partitions()'),
+	'the worker has made the idempotency partitions');
+my $partitions_before = $node->safe_psql('postgres', 'SELECT count(*) FROM apicore._idempotency_partitions()');
 my $rounds_before = $node->safe_psql('postgres',
 	q{SELECT coalesce(max(rounds), 0) FROM apicore.maintenance_workers WHERE database = 'postgres'});
 
@@ -102,6 +105,15 @@ is($stat_proceed, $count{soak_idem_proceed}, 'idempotency_stats counted every pr
 note "idempotency takeovers of abandoned attempts: $stat_takeover";
 
 # ---- bounded tables
+# the audit trail: a saga of three steps, each tried at most 3 times forward
+# and compensated at most twice, writes a bounded number of transitions
+ok($node->safe_psql('postgres', q{
+SELECT count(*) <= 30 * (SELECT count(*) FROM apicore.saga) FROM apicore.saga_transition}) eq 't',
+	'the saga log is bounded by the sagas');
+my $partitions = $node->safe_psql('postgres', 'SELECT count(*) FROM apicore._idempotency_partitions()');
+# max_ttl + premake intervals ahead; crossing midnight during the soak may add one
+ok($partitions > 0 && $partitions <= $partitions_before + 1,
+	"idempotency partitions do not grow with the load ($partitions_before -> $partitions)");
 ok($node->safe_psql('postgres', qq{
 SELECT count(*) <= $count{soak_idem_proceed} FROM apicore.idempotency_key}) eq 't',
 	'idempotency rows never exceed the attempts that proceeded');
