@@ -73,6 +73,11 @@ SELECT in_flight = 1 FROM apicore.concurrency_acquire('soak_pool', 4, '1 second'
 
 # ---- no saga stuck: the workers are gone; leases run out, the maintenance
 # worker reclaims steps and runs local ones, a last worker drains the queue
+# first, with no worker left: once the 1 s leases have run out, maintenance
+# returns every abandoned claim to the queue (nothing stays claimed)
+ok($node->poll_query_until('postgres', q{
+SELECT count(*) = 0 FROM apicore.saga_step WHERE state = 'claimed'}),
+	'maintenance returns every abandoned claim to the queue: no step stays claimed');
 my $settled = q{
 SELECT count(*) FROM apicore.run_maintenance();
 SELECT soak_drain();
