@@ -174,6 +174,16 @@ is($node->safe_psql('restored', q{
 SELECT string_agg((apicore.rate_limit_check('observe', 'client')).allowed::text, ',') FROM generate_series(1, 2)}),
 	'true,true', 'the shadow policy still only observes');
 
+TODO:
+{
+	# rate-limit state lives in one shared-memory table for the whole
+	# cluster, keyed by policy and key only (reported to the lead)
+	local $TODO = 'rate-limit buckets are shared by every database of the cluster';
+	$node->safe_psql('source', q{SELECT apicore.rate_limit_check('api', 'same-name', 3)});
+	is($node->safe_psql('restored', q{SELECT (apicore.rate_limit_check('api', 'same-name')).allowed}),
+		't', 'the source database using up a key leaves the restored database\'s key alone');
+}
+
 # ---- sagas
 is($node->safe_psql('restored', q{
 SELECT string_agg(right(id::text, 2) || '=' || state, ',' ORDER BY id) FROM apicore.sagas}),
