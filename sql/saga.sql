@@ -82,9 +82,9 @@ SELECT step, attempt FROM apicore.saga_claim('w');
 SELECT apicore.saga_step_succeeded('00000000-0000-0000-0000-00000000000b', 'reserve_stock', 1);
 SELECT step, attempt FROM apicore.saga_claim('w');
 SELECT apicore.saga_step_failed('00000000-0000-0000-0000-00000000000b', 'charge_card', 1, 'card declined (try again)');
--- backoff: 10ms * 2^0 with jitter, so between 5ms and 10ms from now; not claimable yet
+-- backoff: 10ms * 2^0 with jitter, so run_after is 5ms to 10ms after the report
 SELECT state, attempt, last_error,
-       run_after > now() AND run_after <= now() + interval '10 milliseconds' AS backing_off
+       run_after - updated_at BETWEEN interval '5 milliseconds' AND interval '10 milliseconds' AS backing_off
   FROM apicore.saga_step WHERE saga = '00000000-0000-0000-0000-00000000000b' AND step = 'charge_card';
 UPDATE apicore.saga_step SET run_after = now() - interval '1 second'
  WHERE saga = '00000000-0000-0000-0000-00000000000b' AND state = 'runnable';
@@ -95,6 +95,28 @@ SELECT step, direction, attempt, action, idempotency_key FROM apicore.saga_claim
 SELECT apicore.saga_step_succeeded('00000000-0000-0000-0000-00000000000b', 'reserve_stock', 1);
 SELECT what, attempt, from_state, to_state, actor, reason FROM saga_trail
  WHERE saga = '00000000-0000-0000-0000-00000000000b';
+
+-- backoff doubles per attempt up to max_backoff, and a random half of it is waited
+SELECT apicore.saga_define('slow', '[{"name": "s", "max_attempts": 4, "backoff": "1 hour", "max_backoff": "90 minutes"}]');
+SELECT apicore.saga_start('slow', '{}', '00000000-0000-0000-0000-0000000000b0');
+CREATE TABLE backoffs (attempt int, delay interval);
+DO $$
+DECLARE r record;
+BEGIN
+    FOR i IN 1..3 LOOP
+        UPDATE apicore.saga_step SET run_after = now() - interval '1 second' WHERE saga = '00000000-0000-0000-0000-0000000000b0';
+        SELECT * INTO r FROM apicore.saga_claim('w', ARRAY['slow']);
+        PERFORM apicore.saga_step_failed(r.saga_id, r.step, r.attempt, 'timeout');
+        INSERT INTO backoffs SELECT r.attempt, run_after - updated_at FROM apicore.saga_step
+         WHERE saga = '00000000-0000-0000-0000-0000000000b0';
+    END LOOP;
+END $$;
+-- attempt 1: 1h -> 30..60 min; attempt 2: 2h capped at 90 min -> 45..90 min; attempt 3: capped too
+SELECT attempt, CASE attempt WHEN 1 THEN delay BETWEEN '30 minutes' AND '60 minutes'
+                             ELSE delay BETWEEN '45 minutes' AND '90 minutes' END AS in_range
+  FROM backoffs ORDER BY attempt;
+SELECT apicore.saga_resolve('00000000-0000-0000-0000-0000000000b0', 'compensated', 'test', 'done with it');
+DROP TABLE backoffs;
 
 -- ---------- compensation runs in reverse order, skipping steps without one ----------
 SELECT apicore.saga_define('trip', '[

@@ -54,7 +54,7 @@ sub start_saga
 
 sub drive_until_settled
 {
-	for (1 .. 120)
+	for (1 .. 480)
 	{
 		$node->safe_psql('postgres', $drive);
 		return 1 if $node->safe_psql('postgres',
