@@ -5,8 +5,9 @@
 #   idempotency keys (completed: replayed byte for byte; in flight: still
 #   held), cursors (a value cursor and a page cursor minted before the dump
 #   decode after it), rate-limit policies (exist, enforce, shadow mode),
-#   sagas in every state (running ones continue to completion, a dead-letter
-#   one stays for the operator), soft delete (deleted rows hidden, DELETE
+#   sagas in every state (running ones continue to completion, their local
+#   step run by the worker exactly once, a dead-letter one stays for the
+#   operator), soft delete (deleted rows hidden, DELETE
 #   still marks, the archive and its settings are back) and tenant isolation.
 use strict;
 use warnings;
@@ -47,9 +48,14 @@ SELECT apicore.idempotency_checkpoint('shop', 'inflight', 1, 'charged');
 SELECT apicore.rate_limit_policy_set('api', 3, '1 hour');
 SELECT apicore.rate_limit_policy_set('observe', 1, '1 hour', mode => 'shadow');
 
--- sagas: running, running past its first step, completed, dead letter
+-- sagas: running, running past its first step, completed, dead letter; the
+-- last step of checkout is local: apicore runs record_order itself
+CREATE TABLE recorded (n text PRIMARY KEY);
+CREATE FUNCTION record_order(payload jsonb) RETURNS jsonb LANGUAGE sql
+    AS $$ INSERT INTO recorded VALUES (payload->>'n') RETURNING jsonb_build_object('recorded', n) $$;
 SELECT apicore.saga_define('checkout', '[{"name": "reserve", "compensate": "release"},
-                                         {"name": "charge", "compensate": "refund"}]');
+                                         {"name": "charge", "compensate": "refund"},
+                                         {"name": "record", "function": "record_order"}]');
 SELECT apicore.saga_define('fragile', '[{"name": "a", "compensate": "undo_a", "max_attempts": 1},
                                         {"name": "b", "max_attempts": 1}]');
 });
@@ -64,7 +70,7 @@ for my $id ('a3', 'a2', 'd1')
 {
 	my $uuid = "00000000-0000-0000-0000-0000000000$id";
 	my $definition = $id eq 'd1' ? 'fragile' : 'checkout';
-	$node->safe_psql('source', qq{SELECT apicore.saga_start('$definition', '{}', '$uuid')});
+	$node->safe_psql('source', qq{SELECT apicore.saga_start('$definition', '{"n": "$id"}', '$uuid')});
 	for my $c (@{ $claims{$id} })
 	{
 		my ($step, $outcome) = @$c;
@@ -77,7 +83,8 @@ for my $id ('a3', 'a2', 'd1')
 	}
 }
 $node->safe_psql('source',
-	q{SELECT apicore.saga_start('checkout', '{"n": 1}', '00000000-0000-0000-0000-0000000000a1')});
+	q{SELECT apicore.saga_start('checkout', '{"n": "a1"}', '00000000-0000-0000-0000-0000000000a1')});
+$node->safe_psql('source', 'SELECT count(*) FROM apicore.run_maintenance()');    # a3's local step
 is($node->safe_psql('source', q{
 SELECT string_agg(right(id::text, 2) || '=' || state, ',' ORDER BY id) FROM apicore.sagas}),
 	'a1=running,a2=running,a3=completed,d1=failed', 'sagas in several states before the dump');
@@ -200,10 +207,13 @@ for (1 .. 6)
 	$node->safe_psql('restored', qq{SELECT apicore.saga_step_succeeded('$id', '$step', $attempt)});
 	$steps++;
 }
-is($steps, 3, 'the running sagas\' remaining three steps are claimed and succeed');
-is($node->safe_psql('restored', q{
-SELECT string_agg(right(id::text, 2) || '=' || state, ',' ORDER BY id) FROM apicore.sagas}),
-	'a1=completed,a2=completed,a3=completed,d1=failed', 'the running sagas complete after the restore');
+is($steps, 3, 'the running sagas\' remaining three external steps are claimed and succeed');
+ok($node->poll_query_until('restored', q{
+SELECT string_agg(right(id::text, 2) || '=' || state, ',' ORDER BY id) FROM apicore.sagas},
+	'a1=completed,a2=completed,a3=completed,d1=failed'),
+	'the worker runs the local steps: the running sagas complete after the restore');
+is($node->safe_psql('restored', 'SELECT string_agg(n, \',\' ORDER BY n) FROM recorded'),
+	'a1,a2,a3', 'each local step ran exactly once, a3\'s before the dump');
 is($node->safe_psql('restored', q{
 SELECT apicore.saga_get('00000000-0000-0000-0000-0000000000a2')->'outputs'->'reserve'->>'by'}),
 	'a2', 'a step output recorded before the dump is still there');
