@@ -92,9 +92,9 @@ SELECT string_agg(right(id::text, 2) || '=' || state, ',' ORDER BY id) FROM apic
 # soft delete with an archive, and tenant isolation, on one table
 $node->safe_psql('source', q{
 CREATE TABLE notes (id int PRIMARY KEY, tenant_id text NOT NULL,
-                    created_at timestamptz NOT NULL, body text);
+                    created_at timestamptz NOT NULL, body text, handle text UNIQUE);
 INSERT INTO notes SELECT g, CASE WHEN g <= 30 THEN 't1' ELSE 't2' END,
-       '2026-01-01'::timestamptz + g * interval '1 hour', 'note ' || g
+       '2026-01-01'::timestamptz + g * interval '1 hour', 'note ' || g, 'h' || g
   FROM generate_series(1, 60) g;
 SELECT apicore.soft_delete_enable('notes', archive_after => '1 hour', purge_after => '30 days');
 SELECT apicore.tenant_isolation_enable('notes');
@@ -253,6 +253,15 @@ is($node->safe_psql('restored', q{SELECT apicore.soft_delete_restore('notes', '{
 is($node->safe_psql('restored', q{
 SET ROLE app; SET app.current_tenant = 't1'; SELECT count(*) FROM notes WHERE id = 3}),
 	'1', 'and is live again');
+# the unique constraint became a partial unique index: live rows only
+is($node->safe_psql('restored', q{
+SET ROLE app; SET app.current_tenant = 't1';
+INSERT INTO notes VALUES (200, 't1', now(), 'reuse', 'h7') RETURNING handle}),
+	'h7', 'a deleted row\'s unique value can be reused after the restore');
+($rc, $out, $err) = $node->psql('restored', q{
+SET ROLE app; SET app.current_tenant = 't1';
+INSERT INTO notes VALUES (201, 't1', now(), 'taken', 'h12')});
+like($err, qr/duplicate key value violates unique constraint/, 'a live row\'s unique value is still unique');
 ($rc, $out, $err) = $node->psql('restored', 'TRUNCATE notes');
 isnt($rc, 0, 'TRUNCATE is still refused on the soft-delete table');
 
