@@ -66,6 +66,24 @@ note join ', ', map { "$_=$count{$_}" } sort keys %count;
 ok($count{soak_idem_proceed} > 0 && $count{soak_saga_started} > 0 && $count{soak_sd_inserted} > 0,
 	'every capability did work');
 
+# ---- idempotency right after the load, while its 10 s keys live
+my ($stat_proceed, $stat_takeover) = split / /, $node->safe_psql('postgres',
+	q{SELECT proceed || ' ' || takeover FROM apicore.idempotency_stats});
+is($stat_proceed, $count{soak_idem_proceed}, 'idempotency_stats counted every proceed exactly');
+note "idempotency takeovers of abandoned attempts: $stat_takeover";
+is($node->safe_psql('postgres', q{
+SELECT count(*) FILTER (WHERE response_body <> 'created ' || substr(key, 5)) || ' of ' || (count(*) > 0)
+  FROM apicore.idempotency_key WHERE scope = 'soak' AND response_code IS NOT NULL}),
+	'0 of true', 'every stored response belongs to its own key');
+is($node->safe_psql('postgres', q{
+WITH k AS (SELECT key FROM apicore.idempotency_key
+            WHERE scope = 'soak' AND response_code IS NOT NULL AND expires_at > now() + interval '1 second'
+            ORDER BY expires_at DESC LIMIT 1)
+SELECT r.outcome || ' ' || (r.response_body = 'created ' || substr(k.key, 5))
+  FROM k, apicore.idempotency_begin('soak', k.key,
+          jsonb_build_object('method', 'POST', 'path', '/soak', 'body', substr(k.key, 5)::int)) r}),
+	'replay true', 'a key completed under load replays its own response');
+
 # ---- no concurrency slot leaked: abandoned ones expire with their 2 s lease
 ok($node->poll_query_until('postgres', q{
 SELECT in_flight = 1 FROM apicore.concurrency_acquire('soak_pool', 4, '1 second')}),
@@ -103,11 +121,6 @@ ok($node->safe_psql('postgres', q{
 SELECT count(*) FROM apicore.saga_step s WHERE NOT EXISTS (SELECT 1 FROM apicore.saga WHERE id = s.saga)}) == 0
 	&& $node->safe_psql('postgres', 'SELECT count(*) <= 6 * (SELECT count(*) FROM apicore.saga) FROM apicore.saga_step') eq 't',
 	'saga steps are bounded by the sagas (at most one forward and one compensate row per step)');
-
-my ($stat_proceed, $stat_takeover) = split / /, $node->safe_psql('postgres',
-	q{SELECT proceed || ' ' || takeover FROM apicore.idempotency_stats});
-is($stat_proceed, $count{soak_idem_proceed}, 'idempotency_stats counted every proceed exactly');
-note "idempotency takeovers of abandoned attempts: $stat_takeover";
 
 # ---- bounded tables
 # the audit trail: a saga of three steps, each tried at most 3 times forward
