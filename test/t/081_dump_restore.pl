@@ -124,6 +124,24 @@ $node->command_ok([ 'pg_dump', '-Fc', '-d', $node->connstr('source'), '-f', $dum
 $node->command_ok([ 'pg_restore', '--exit-on-error', '-d', $node->connstr('restored'), $dump ],
 	'pg_restore into a new database, without errors');
 
+# a role that is not a superuser dumps too when it may read all data and
+# bypass row-level security (soft delete forces RLS on its tables), the
+# usual set-up on managed services; a plain database owner can read neither
+# apicore's tables (keys, stored responses) nor the deleted rows
+$node->safe_psql('postgres', q{
+CREATE ROLE dumper LOGIN BYPASSRLS IN ROLE pg_read_all_data;
+CREATE DATABASE restored_by_dumper;
+});
+my $dump2 = $node->basedir . '/by_dumper.dump';
+$node->command_ok([ 'pg_dump', '-Fc', '-U', 'dumper', '-d', $node->connstr('source'), '-f', $dump2 ],
+	'pg_dump by a role with pg_read_all_data and BYPASSRLS');
+$node->command_ok([ 'pg_restore', '--exit-on-error', '-d', $node->connstr('restored_by_dumper'), $dump2 ],
+	'and its dump restores');
+is($node->safe_psql('restored_by_dumper', qq{
+SELECT (SELECT outcome FROM apicore.idempotency_begin('shop', 'paid', '{"path": "/pay", "method": "POST"}')) || ' ' ||
+       (SELECT c.id FROM apicore.cursor_decode('$value_cursor', 'notes') AS c(at timestamptz, id bigint))}),
+	'replay 9007199254740993', 'with its keys and cursor key');
+
 # ---- idempotency
 is($node->safe_psql('restored', q{
 SELECT outcome || ' ' || response_code || ' ' || response_body || response_headers::text
