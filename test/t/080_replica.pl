@@ -53,19 +53,6 @@ SELECT apicore.idempotency_begin('shop', 'done');
 SELECT apicore.idempotency_complete('shop', 'done', 1, 201, 'created');
 SELECT apicore.idempotency_begin('shop', 'running', lease => '1 hour');
 CREATE TABLE probe (id int PRIMARY KEY, tenant text);
--- SQLSTATE | message of the error a statement raises, caught in a
--- subtransaction so that one connection can try every write in turn
-CREATE FUNCTION error_of(statement text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    state text; message text;
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
-    RETURN state || ' | ' || message;
-END $$;
-GRANT EXECUTE ON FUNCTION error_of(text) TO app;
 });
 # deleted on the primary by the application role: rows 1..10
 $primary->safe_psql('postgres', q{
