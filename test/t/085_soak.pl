@@ -7,6 +7,9 @@
 # every heap and btree index sound (apicore writes some rows and index
 # entries directly, not through the executor), and the replica holds the
 # same rows as the primary, found through the same indexes.
+# Last, a short load again and kill -9 of one backend: every idempotency key
+# whose commit was acknowledged replays after crash recovery, no slot
+# survives, no saga sticks, and the same soundness checks pass.
 #
 # The workload lives in test/soak/ (setup.sql: functions; one pgbench script
 # per capability).  Outcomes that are normal under contention are caught
@@ -104,20 +107,25 @@ SELECT in_flight = 1 FROM apicore.concurrency_acquire('soak_pool', 4, '1 second'
 ok($node->poll_query_until('postgres', q{
 SELECT count(*) = 0 FROM apicore.saga_step WHERE state = 'claimed'}),
 	'maintenance returns every abandoned claim to the queue: no step stays claimed');
-my $settled = q{
+# maintenance, then a last worker drains the queue, until no saga is left
+# running or compensating (true) or a minute passes (false)
+sub sagas_settle
+{
+	for (1 .. 60)
+	{
+		my @out = split /\n/, $node->safe_psql('postgres', q{
 SELECT count(*) FROM apicore.run_maintenance();
 SELECT soak_drain();
-SELECT count(*) = 0 FROM apicore.sagas WHERE state IN ('running', 'compensating')};
-my $stuck = 1;
-for (1 .. 60)
-{
-	my @out = split /\n/, $node->safe_psql('postgres', $settled);
-	if ($out[-1] eq 't') { $stuck = 0; last; }
-	sleep 1;
+SELECT count(*) = 0 FROM apicore.sagas WHERE state IN ('running', 'compensating')});
+		return 1 if $out[-1] eq 't';
+		sleep 1;
+	}
+	diag $node->safe_psql('postgres',
+		q{SELECT state, current_step, direction, step_state, attempt, last_error FROM apicore.sagas
+		   WHERE state IN ('running', 'compensating') LIMIT 5});
+	return 0;
 }
-ok(!$stuck, 'every saga reaches an end state once the workers stop') or diag $node->safe_psql('postgres',
-	q{SELECT state, current_step, direction, step_state, attempt, last_error FROM apicore.sagas
-	   WHERE state IN ('running', 'compensating') LIMIT 5});
+ok(sagas_settle(), 'every saga reaches an end state once the workers stop');
 is($node->safe_psql('postgres', q{
 SELECT count(*) FROM apicore.sagas WHERE state NOT IN ('completed', 'compensated', 'failed')}),
 	'0', 'each saga is completed, compensated or failed');
@@ -167,7 +175,8 @@ SELECT (SELECT count(*) FROM soak_note) + (SELECT count(*) FROM soak_note_archiv
 my $keys = $node->safe_psql('postgres', 'SELECT max(keys_in_use) FROM apicore.rate_limit_stats');
 ok($keys <= 1501, "rate-limit keys in use are bounded by the key space ($keys <= 1501)");
 
-# ---- physical soundness: amcheck on the primary and on the replica
+# ---- physical soundness: amcheck on the primary and on the replica, and
+# the replica holds the primary's rows, also when read through indexes
 my $amcheck = q{
 SELECT (SELECT count(*) FROM pg_class c, verify_heapam(c.oid)
          WHERE c.relnamespace IN ('apicore'::regnamespace, 'public'::regnamespace) AND c.relkind = 'r')
@@ -176,28 +185,33 @@ SELECT (SELECT count(*) FROM pg_class c, verify_heapam(c.oid)
          WHERE c.relnamespace IN ('apicore'::regnamespace, 'public'::regnamespace)
            AND c.relkind = 'i' AND a.amname = 'btree')
        || ' btree indexes checked'};
-like($node->safe_psql('postgres', $amcheck), qr/^0 corrupt heap tuples, [1-9]\d* btree indexes checked$/,
-	'amcheck: heaps and btree indexes (with all heap tuples) are sound on the primary');
-$node->wait_for_catchup($replica);
-like($replica->safe_psql('postgres', $amcheck), qr/^0 corrupt heap tuples, [1-9]\d* btree indexes checked$/,
-	'amcheck: and on the replica');
-for my $q (
+my @same_rows = (
 	[ 'idempotency keys', q{SELECT count(*), sum(hashtext(key || state || coalesce(response_body, ''))) FROM apicore.idempotency_key} ],
 	[ 'idempotency keys by index', q{SET enable_seqscan = off; SET enable_bitmapscan = off;
-		SELECT count(*) FROM apicore.idempotency_key WHERE scope = 'soak' AND key > ''} ],
+		SELECT count(*) FROM apicore.idempotency_key WHERE scope IN ('soak', 'durable') AND key > ''} ],
 	[ 'sagas', q{SELECT count(*), sum(hashtext(id::text || state)) FROM apicore.saga} ],
 	[ 'saga steps', q{SELECT count(*), sum(hashtext(saga::text || step || direction || state)) FROM apicore.saga_step} ],
 	[ 'saga log', q{SELECT count(*) FROM apicore.saga_transition} ],
 	[ 'soft-delete rows', q{SELECT count(*), count(deleted_at), (SELECT count(*) FROM soak_note_archive) FROM soak_note} ],
 	[ 'soft-delete rows by index', q{SET enable_seqscan = off; SET enable_bitmapscan = off;
-		SELECT count(*) FROM soak_note WHERE id > 0} ])
+		SELECT count(*) FROM soak_note WHERE id > 0} ]);
+sub check_sound
 {
-	is($replica->safe_psql('postgres', $q->[1]), $node->safe_psql('postgres', $q->[1]),
-		"the replica holds the primary's $q->[0]");
+	my ($when) = @_;
+	like($node->safe_psql('postgres', $amcheck), qr/^0 corrupt heap tuples, [1-9]\d* btree indexes checked$/,
+		"$when: amcheck finds heaps and btree indexes (with all heap tuples) sound on the primary");
+	$node->wait_for_catchup($replica);
+	like($replica->safe_psql('postgres', $amcheck), qr/^0 corrupt heap tuples, [1-9]\d* btree indexes checked$/,
+		"$when: and on the replica");
+	for my $q (@same_rows)
+	{
+		is($replica->safe_psql('postgres', $q->[1]), $node->safe_psql('postgres', $q->[1]),
+			"$when: the replica holds the primary's $q->[0]");
+	}
 }
+check_sound('after the soak');
 my $replica_log = slurp_file($replica->logfile);
 unlike($replica_log, qr/terminated by signal|PANIC|\bERROR:/, 'the replica replayed without error or crash');
-$replica->stop;
 
 # ---- the worker and the log
 my $worker = $node->safe_psql('postgres', q{
@@ -211,5 +225,54 @@ unlike($log, qr/terminated by signal|PANIC|server process .* was terminated/, 'n
 my @errors = grep { !/^\s*$/ } ($log =~ /^.*\b(?:ERROR|FATAL|WARNING):.*$/mg);
 is(scalar @errors, 0, 'no ERROR, FATAL or WARNING in the server log') or diag join "\n", @errors[ 0 .. ($#errors < 9 ? $#errors : 9) ];
 
+# ---- kill -9 of a backend under load: the server recovers, every key whose
+# commit was acknowledged replays, no slot leaks, no saga sticks, and the
+# WAL of apicore's direct writes replays into sound heaps and indexes
+my $crash_dir = $node->basedir;
+open my $fh, '>', "$crash_dir/durable.sql" or die $!;
+print $fh "BEGIN;\nSELECT 1 FROM apicore.idempotency_begin('durable', 'k$_', ttl => '1 hour');\n"
+  . "SELECT apicore.idempotency_complete('durable', 'k$_', 1, 201, 'v$_');\nCOMMIT;\n\\echo ack $_\n"
+  for 1 .. 20000;
+close $fh;
+my $writer = IPC::Run::start(
+	[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'), '-f', "$crash_dir/durable.sql" ],
+	'>', "$crash_dir/acks.txt", '2>', "$crash_dir/writer.err");
+my $load = IPC::Run::start(
+	[ 'pgbench', '-n', '-c', 4, '-j', 2, '-T', 60, '-h', $node->host, '-p', $node->port, @scripts, 'postgres' ],
+	'>', "$crash_dir/load.out", '2>', "$crash_dir/load.err");
+ok($node->poll_query_until('postgres', q{
+SELECT count(*) >= 5 FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()}),
+	'crash phase: pgbench clients and the key writer are running');
+sleep 2;    # let the writer commit some keys under load
+my $crash_offset = -s $node->logfile;
+my $victim = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+	   AND query NOT LIKE '%durable%' LIMIT 1});
+kill 'KILL', $victim;
+ok($node->wait_for_log(qr/all server processes terminated; reinitializing/, $crash_offset),
+	'the postmaster reinitializes after the kill');
+$writer->finish;    # both lose their connections: non-zero exits are expected
+$load->finish;
+ok($node->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()'), 'the server is back');
+my ($acked) = (slurp_file("$crash_dir/acks.txt") =~ /^ack (\d+)$/mg)[-1];
+ok(($acked // 0) > 0, 'keys were acknowledged before the crash (' . ($acked // 0) . ')');
+$acked //= 0;
+is($node->safe_psql('postgres', qq{
+SELECT count(*) FROM generate_series(1, $acked) i,
+       apicore.idempotency_begin('durable', 'k' || i, ttl => '1 hour') r
+ WHERE r.outcome = 'replay' AND r.response_body = 'v' || i}),
+	$acked, 'every acknowledged key replays its response after crash recovery');
+is($node->safe_psql('postgres', q{
+SELECT in_flight FROM apicore.concurrency_acquire('soak_pool', 4, '1 second')}),
+	'1', 'no concurrency slot survives the crash');
+ok(sagas_settle(), 'after the crash too, every saga reaches an end state');
+ok($node->poll_query_until('postgres', q{
+SELECT rounds > 0 AND tasks_failed = 0 FROM apicore.maintenance_workers WHERE database = 'postgres'}),
+	'the worker is back after the crash and runs without failures');
+check_sound('after the crash');
+my @crashes = (slurp_file($node->logfile, $log_start) =~ /terminated by signal/g);
+is(scalar @crashes, 1, 'the one kill is the only crash');
+
+$replica->stop;
 $node->stop;
 done_testing();
