@@ -1,0 +1,2 @@
+\set n random(1, 1900)
+SELECT soak_cursor(:n);
