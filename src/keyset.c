@@ -939,10 +939,16 @@ CheckRelationKind(Oid relid)
 static void
 InitContext(PageQuery *q)
 {
+	/*
+	 * Names, not OIDs or attribute numbers, so that a page cursor survives
+	 * pg_dump/pg_restore; quoted, so that the encoding is unambiguous.
+	 */
 	initStringInfo(&q->context);
-	appendStringInfo(&q->context, "apicore.keyset_page|%u|", q->relid);
+	appendStringInfo(&q->context, "apicore.keyset_page|%s|",
+					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(q->relid)),
+												get_rel_name(q->relid)));
 	for (int i = 0; i < q->nkeys; i++)
-		appendStringInfo(&q->context, "%d%c%c,", q->keys[i].attnum,
+		appendStringInfo(&q->context, "%s %c%c,", quote_identifier(q->keys[i].name),
 						 q->keys[i].desc ? 'd' : 'a', q->keys[i].nulls_first ? 'f' : 'l');
 }
 

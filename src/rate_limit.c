@@ -376,16 +376,23 @@ RlHashKey(char ns, const char *prefix, const text *key, RlKey *out)
 {
 	size_t		prefix_len = prefix ? strlen(prefix) : 0;
 	size_t		key_len = VARSIZE_ANY_EXHDR(key);
-	size_t		len = 2 + prefix_len + key_len;
+	size_t		len = sizeof(Oid) + 2 + prefix_len + key_len;
 	unsigned char stackbuf[256];
 	unsigned char *buf = len <= sizeof(stackbuf) ? stackbuf : palloc(len);
+	unsigned char *p = buf;
 
-	/* namespace tag, prefix, NUL, key: a text prefix holds no NUL, so unambiguous */
-	buf[0] = (unsigned char) ns;
+	/*
+	 * database, namespace tag, prefix, NUL, key: each database has its own
+	 * limits (policies are per database too), and a text prefix holds no
+	 * NUL, so the encoding is unambiguous
+	 */
+	memcpy(p, &MyDatabaseId, sizeof(Oid));
+	p += sizeof(Oid);
+	*p++ = (unsigned char) ns;
 	if (prefix_len)
-		memcpy(buf + 1, prefix, prefix_len);
-	buf[1 + prefix_len] = '\0';
-	memcpy(buf + 2 + prefix_len, VARDATA_ANY(key), key_len);
+		memcpy(p, prefix, prefix_len);
+	p[prefix_len] = '\0';
+	memcpy(p + prefix_len + 1, VARDATA_ANY(key), key_len);
 	crypto_shorthash_siphashx24((unsigned char *) out->h, buf, len, rl->hash_key);
 	if (buf != stackbuf)
 		pfree(buf);

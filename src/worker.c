@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -247,6 +248,12 @@ apicore_run_maintenance(PG_FUNCTION_ARGS)
 	List	   *tasks;
 	ListCell   *lc;
 
+	/* every task but rate-limit housekeeping writes: say so once, not per task */
+	if (RecoveryInProgress() || XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("apicore.run_maintenance() cannot run in a read-only transaction or on a standby"),
+				 errhint("Run it on the primary, where the maintenance worker also runs it every apicore.maintenance_interval.")));
 	InitMaterializedSRF(fcinfo, 0);
 	tasks = MaintenanceTaskList(CurrentMemoryContext);
 	foreach(lc, tasks)
