@@ -85,7 +85,7 @@ demo:
 # runs under memcheck, then the regression and isolation suites run.  Only
 # reports whose stack passes through apicore.so count (the server itself
 # has known, suppressed-upstream reports such as padding bytes sent to WAL).
-# Slow (about 20x); on demand, not part of test/run-all.
+# Slow (about 10 minutes here); .ci/run runs it after test/run-all.
 valgrind: sandbox
 	rm -rf tmp_check/valgrind && mkdir -p tmp_check/valgrind
 	mv $(SB_BIN)/postgres $(SB_BIN)/postgres.real
