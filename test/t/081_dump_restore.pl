@@ -23,7 +23,7 @@ shared_preload_libraries = 'apicore'
 apicore.database = 'restored'
 apicore.maintenance_interval = '1s'
 restart_after_crash = on
-# the test's superuser is named like the OS user, apicore: keep "$user" from
+# the superuser is named like the OS user (any name, even apicore): keep "$user" from
 # resolving to the extension's schema
 search_path = 'public'
 });

@@ -36,7 +36,7 @@ apicore.database = 'postgres'
 apicore.maintenance_interval = '1s'
 restart_after_crash = on
 max_connections = 40
-# the test's superuser is named like the OS user, apicore: keep "\$user" from
+# the superuser is named like the OS user (any name, even apicore): keep "\$user" from
 # resolving to the extension's schema
 search_path = 'public'
 });
