@@ -247,6 +247,18 @@ SELECT apicore.soft_delete_disable('sd."Odd Table"');
 \d sd."Odd Table"
 RESET ROLE;
 
+-- apicore.allow_truncate lets TRUNCATE through, removing rows for real
+CREATE TABLE sd.scratch (id int PRIMARY KEY);
+INSERT INTO sd.scratch VALUES (1), (2);
+SELECT apicore.soft_delete_enable('sd.scratch');
+DELETE FROM sd.scratch WHERE id = 1;
+SET apicore.allow_truncate = on;
+TRUNCATE sd.scratch;
+RESET apicore.allow_truncate;
+SELECT count(*) AS rows_left_after_truncate FROM sd.scratch;
+SELECT apicore.soft_delete_disable('sd.scratch');
+DROP TABLE sd.scratch;
+
 -- maintenance forgets the settings of dropped tables
 CREATE TABLE sd.gone (id int PRIMARY KEY);
 SELECT apicore.soft_delete_enable('sd.gone');
