@@ -19,6 +19,13 @@ SELECT task, detail FROM apicore.run_maintenance() WHERE task LIKE 'test_%';
 -- the failing task's write was rolled back, the other one kept
 SELECT task FROM maintenance_log ORDER BY task;
 
+-- tasks users add are theirs: pg_dump keeps them, apicore's own come from the install script
+SELECT task, builtin FROM apicore.maintenance_task WHERE task LIKE 'test_%' ORDER BY task;
+SELECT count(*) AS other_tasks_not_builtin FROM apicore.maintenance_task
+ WHERE NOT builtin AND task NOT LIKE 'test_%';
+SELECT c.extcondition[array_position(c.extconfig, 'apicore.maintenance_task'::regclass)] AS dump_condition
+  FROM pg_extension c WHERE c.extname = 'apicore';
+
 DELETE FROM apicore.maintenance_task WHERE task LIKE 'test_%';
 SELECT count(*) AS test_tasks_left FROM apicore.maintenance_task WHERE task LIKE 'test_%';
 

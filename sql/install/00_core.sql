@@ -10,7 +10,8 @@ COMMENT ON FUNCTION apicore.version() IS 'version of the loaded apicore library'
 CREATE TABLE apicore.maintenance_task (
     task      text PRIMARY KEY,
     function  regproc NOT NULL,
-    run_order int NOT NULL DEFAULT 100
+    run_order int NOT NULL DEFAULT 100,
+    builtin   bool NOT NULL DEFAULT true   -- 99_end.sql turns the default to false for rows users add
 );
 COMMENT ON TABLE apicore.maintenance_task IS
     'maintenance tasks run by the apicore worker and apicore.run_maintenance(), in run_order';

@@ -119,11 +119,26 @@ my $page_cursor = $node->safe_psql('source', q{
 SET ROLE app; SET app.current_tenant = 't1';
 SELECT apicore.keyset_page('notes', 'created_at, id', NULL, 5)->>'next_cursor'});
 
+# a maintenance task of the application's own: dumped, unlike apicore's
+$node->safe_psql('source', q{
+CREATE FUNCTION public.app_task() RETURNS text LANGUAGE sql AS $$ SELECT 'app task ran' $$;
+INSERT INTO apicore.maintenance_task (task, function, run_order) VALUES ('app_task', 'public.app_task', 90);
+});
+
 # ---- dump, restore
 my $dump = $node->basedir . '/everything.dump';
 $node->command_ok([ 'pg_dump', '-Fc', '-d', $node->connstr('source'), '-f', $dump ], 'pg_dump -Fc');
 $node->command_ok([ 'pg_restore', '--exit-on-error', '-d', $node->connstr('restored'), $dump ],
 	'pg_restore into a new database, without errors');
+
+is($node->safe_psql('restored', q{
+SELECT string_agg(task || ':' || builtin, ',' ORDER BY task) FROM apicore.maintenance_task
+ WHERE task = 'app_task' OR NOT builtin}),
+	'app_task:false', 'the application\'s maintenance task comes back, once, and apicore\'s are not doubled');
+is($node->safe_psql('restored', q{
+SELECT count(*) = (SELECT count(*) FROM apicore.maintenance_task) FROM apicore.run_maintenance()
+ WHERE detail NOT LIKE 'failed:%'}),
+	't', 'every task, apicore\'s and the application\'s, runs in the restored database');
 
 # a role that is not a superuser dumps too when it may read all data and
 # bypass row-level security (soft delete forces RLS on its tables), the
