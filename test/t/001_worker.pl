@@ -5,17 +5,10 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use ApicoreNode;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('worker');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'apicore'
-apicore.database = 'postgres, noext, missing_db'
-apicore.maintenance_interval = '500ms'
-restart_after_crash = on
-});
-$node->start;
+my $node = apicore_node('worker', database => 'postgres, noext, missing_db', interval => '500ms');
 $node->safe_psql('postgres', 'CREATE DATABASE noext');
 $node->safe_psql('postgres', q{
 CREATE EXTENSION apicore;

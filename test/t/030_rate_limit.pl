@@ -4,18 +4,11 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use ApicoreNode;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('rate_limit');
-$node->init(allows_streaming => 1);
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'apicore'
-apicore.database = 'postgres'
-apicore.maintenance_interval = '1h'
-apicore.rate_limit_max_keys = 16
-restart_after_crash = on
-});
-$node->start;
+my $node = apicore_node('rate_limit', streaming => 1, interval => '1h',
+	conf => "apicore.rate_limit_max_keys = 16\n");
 $node->safe_psql('postgres', q{
 CREATE EXTENSION apicore;
 SELECT apicore.rate_limit_policy_set('hourly', 2, '1 hour');

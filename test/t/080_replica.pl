@@ -18,20 +18,10 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use ApicoreNode;
 use Test::More;
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'apicore'
-apicore.database = 'postgres'
-apicore.maintenance_interval = '1s'
-restart_after_crash = on
-# the superuser is named like the OS user (any name, even apicore): keep "$user" from
-# resolving to the extension's schema
-search_path = 'public'
-});
-$primary->start;
+my $primary = apicore_node('primary', streaming => 1);
 
 # Data for every capability, written on the primary.
 $primary->safe_psql('postgres', q{

@@ -12,22 +12,11 @@
 # Then the DBA's next steps: clone the served database, drop it.
 use strict;
 use warnings;
-use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use ApicoreNode;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('dump_restore');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'apicore'
-apicore.database = 'restored'
-apicore.maintenance_interval = '1s'
-restart_after_crash = on
-# the superuser is named like the OS user (any name, even apicore): keep "$user" from
-# resolving to the extension's schema
-search_path = 'public'
-});
-$node->start;
+my $node = apicore_node('dump_restore', database => 'restored');
 $node->safe_psql('postgres', q{
 CREATE DATABASE source;
 CREATE DATABASE restored;

@@ -22,25 +22,15 @@ use File::Basename qw(dirname);
 use Cwd qw(abs_path);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use ApicoreNode;
 use Test::More;
 
 my $seconds = $ENV{SOAK_SECONDS} // 120;
 my $clients = $ENV{SOAK_CLIENTS} // 8;
 my $soak_dir = abs_path(dirname(__FILE__) . '/../soak');
 
-my $node = PostgreSQL::Test::Cluster->new('soak');
-$node->init(allows_streaming => 1);    # unix sockets only: listen_addresses is empty
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'apicore'
-apicore.database = 'postgres'
-apicore.maintenance_interval = '1s'
-restart_after_crash = on
-max_connections = 40
-# the superuser is named like the OS user (any name, even apicore): keep "\$user" from
-# resolving to the extension's schema
-search_path = 'public'
-});
-$node->start;
+# unix sockets only: listen_addresses is empty
+my $node = apicore_node('soak', streaming => 1, conf => "max_connections = 40\n");
 $node->safe_psql('postgres', 'CREATE EXTENSION apicore; CREATE EXTENSION amcheck');
 $node->safe_psql('postgres', slurp_file("$soak_dir/setup.sql"));
 $node->backup('base');

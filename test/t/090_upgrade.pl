@@ -19,8 +19,8 @@ use strict;
 use warnings;
 use FindBin;
 use File::Temp qw(tempdir);
-use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use ApicoreNode;
 use Test::More;
 
 my $top = "$FindBin::RealBin/../..";
@@ -38,24 +38,13 @@ my @released = sort keys %released;
 ok(@released >= 1, "released versions found in sql/: @released (default $default)");
 my %db = map { my $v = $_; (my $name = "v$v") =~ tr/./_/; ($v => $name) } @released;
 
-my $node = PostgreSQL::Test::Cluster->new('upgrade');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'apicore'
-apicore.database = '@{[ join ', ', map { $db{$_} } @released ]}'
-apicore.maintenance_interval = '1s'
-restart_after_crash = on
-# the superuser is named like the OS user (any name, even apicore): keep "\$user" from
-# resolving to the extension's schema
-search_path = 'public'
-});
-$node->start;
+my $node = apicore_node('upgrade', database => join(', ', map { $db{$_} } @released));
 $node->safe_psql('postgres', 'CREATE ROLE app LOGIN');
 
 is($node->safe_psql('postgres', q{SELECT default_version FROM pg_available_extensions WHERE name = 'apicore'}),
 	$default, 'the installed default version is apicore.control\'s');
 
-# Everything apicore's SQL objects are, as sorted text: what a fresh install
+# What apicore's SQL objects are, as sorted text: what a fresh install
 # and an update must agree on.  Rows that are data (keys, sagas, policies) are
 # left out, except apicore's own maintenance tasks, which its scripts insert.
 my $describe = q{
@@ -160,7 +149,6 @@ SELECT string_agg(format('role %s login=%s member_of=%s', r.rolname, r.rolcanlog
   FROM pg_roles r WHERE r.rolname LIKE 'apicore\_%'};
 
 # ---- every released version: create it, use it, update it
-my %saga;
 for my $v (@released)
 {
 	my $db = $db{$v};
@@ -189,9 +177,9 @@ GRANT SELECT, DELETE ON notes TO app;
 CREATE FUNCTION public.app_task() RETURNS text LANGUAGE sql AS $$ SELECT 'app task ran' $$;
 INSERT INTO apicore.maintenance_task (task, function, run_order) VALUES ('app_task', 'public.app_task', 90);
 });
-	$saga{$v} = $node->safe_psql($db, q{
-SELECT step || ' ' || attempt FROM apicore.saga_claim('w', ARRAY['checkout'])});
-	is($saga{$v}, 'reserve 1', "$v: a saga step is claimed");
+	is($node->safe_psql($db, q{
+SELECT step || ' ' || attempt FROM apicore.saga_claim('w', ARRAY['checkout'])}),
+		'reserve 1', "$v: a saga step is claimed");
 	is($node->safe_psql($db, q{
 SELECT string_agg((apicore.rate_limit_check('api', 'client')).allowed::text, ',') FROM generate_series(1, 2)}),
 		'true,true', "$v: the policy allows the first two calls");
