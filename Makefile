@@ -24,8 +24,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# PGXS does not track header dependencies: any header change rebuilds all.
-$(OBJS): $(wildcard src/*.h)
+# PGXS does not track header dependencies: any header change rebuilds all,
+# and so does a new version in apicore.control (APICORE_VERSION).
+$(OBJS): $(wildcard src/*.h) apicore.control
 
 # The install script is assembled from one fragment per capability, in order.
 $(DATA_built): $(sort $(wildcard sql/install/*.sql))

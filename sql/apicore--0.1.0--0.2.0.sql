@@ -13,6 +13,31 @@
 --   - CREATE OR REPLACE FUNCTION cannot change a function's result type or
 --     argument names: DROP and CREATE it (and whatever depends on it) instead.
 --
--- 0.2.0 so far changes no SQL object: the update only records the new version.
 
 \echo Use "ALTER EXTENSION apicore UPDATE" to load this file. \quit
+
+-- ---------- sagas: a claim is logged with the run's next transition ----------
+-- Steps claimed before the update keep the claim row 0.1.0 wrote: their
+-- claim_id stays NULL, so their end is not shown with a second claim.
+ALTER TABLE apicore.saga_step
+    ADD COLUMN claim_id bigint,
+    ADD COLUMN claimed_at timestamptz;
+ALTER TABLE apicore.saga_transition
+    ADD COLUMN claim_id bigint,
+    ADD COLUMN claimed_at timestamptz,
+    ADD COLUMN claimed_by text;
+CREATE OR REPLACE VIEW apicore.saga_log AS
+SELECT id * 2 AS id, saga, step, direction, attempt, from_state, to_state, actor, reason, at
+  FROM apicore.saga_transition
+UNION ALL
+SELECT id * 2 + 1, saga, next_step, 'forward', NULL, NULL, 'runnable', actor, NULL, at
+  FROM apicore.saga_transition
+ WHERE next_step IS NOT NULL
+UNION ALL
+SELECT claim_id * 2, saga, step, direction, attempt, 'runnable', 'claimed', claimed_by, NULL, claimed_at
+  FROM apicore.saga_transition
+ WHERE claim_id IS NOT NULL
+UNION ALL
+SELECT claim_id * 2, saga, step, direction, attempt, 'runnable', 'claimed', worker, NULL, claimed_at
+  FROM apicore.saga_step
+ WHERE state = 'claimed' AND claim_id IS NOT NULL;

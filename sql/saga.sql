@@ -70,6 +70,10 @@ SELECT apicore.saga_step_succeeded('00000000-0000-0000-0000-00000000000a', 'rese
 -- the same report twice is refused: the step is no longer claimed
 SELECT apicore.saga_step_succeeded('00000000-0000-0000-0000-00000000000a', 'reserve_stock', 1);
 SELECT step, attempt, outputs FROM apicore.saga_claim('worker-1', ARRAY['checkout']);
+-- a claim in progress is in the log already (shown from the step row until
+-- the run's next transition carries it), once, after what happened before it
+SELECT what, attempt, from_state, to_state, actor FROM saga_trail
+ WHERE saga = '00000000-0000-0000-0000-00000000000a';
 -- the last report runs the local step create_order in the same transaction
 SELECT apicore.saga_step_succeeded('00000000-0000-0000-0000-00000000000a', 'charge_card', 1, '{"charge": "ch_1"}');
 SELECT * FROM shop.orders;

@@ -24,6 +24,7 @@
 #include <sodium.h>
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
@@ -122,6 +123,7 @@ typedef struct SagaPlanDef
 	int			nargs;
 	Oid			argtypes[11];
 	bool		custom;			/* plan for each call's values (a LIMIT parameter) */
+	bool		claim_log;		/* uses the claim columns added in 0.2.0 */
 } SagaPlanDef;
 
 /*
@@ -131,6 +133,13 @@ typedef struct SagaPlanDef
  */
 #define OUTPUTS_SQL "(SELECT coalesce(jsonb_object_agg(o.step, o.output), '{}') " \
 	"FROM apicore.saga_step o WHERE o.saga = g.id AND o.direction = 'forward' AND o.state = 'succeeded')"
+
+/*
+ * A claim is logged with the run's next transition (see saga_transition in
+ * 40_saga.sql), not in a row of its own: it draws its log id now, so that
+ * apicore.saga_log orders it where it happened.
+ */
+#define CLAIM_LOG_SQL "claim_id = nextval('apicore.saga_transition_id_seq'), claimed_at = clock_timestamp() "
 
 /*
  * saga_claim's statement.  LIMIT 1, the common claim, is a literal so that
@@ -144,12 +153,9 @@ typedef struct SagaPlanDef
 	"   ORDER BY run_after LIMIT " limit " FOR UPDATE SKIP LOCKED), " \
 	"u AS (" \
 	"  UPDATE apicore.saga_step s SET state = 'claimed', attempt = s.attempt + 1, worker = $1, " \
-	"         lease_expires_at = now() + s.timeout, updated_at = now() " \
+	"         lease_expires_at = now() + s.timeout, updated_at = now(), " CLAIM_LOG_SQL \
 	"    FROM c WHERE s.saga = c.saga AND s.position = c.position AND s.direction = c.direction " \
-	"  RETURNING s.*), " \
-	"l AS (" \
-	"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) " \
-	"  SELECT saga, step, direction, attempt, 'runnable', 'claimed', $1 FROM u) " \
+	"  RETURNING s.*) " \
 	"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, " OUTPUTS_SQL ", " \
 	"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action " \
 	"FROM u JOIN apicore.saga g ON g.id = u.saga ORDER BY u.run_after"
@@ -180,10 +186,14 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	[PLAN_SAGA_CANCEL_REASON] = {"UPDATE apicore.saga SET cancel_reason = $2 WHERE id = $1",
 	2, {UUIDOID, TEXTOID}},
 	[PLAN_SAGA_DATA] = {"SELECT payload, " OUTPUTS_SQL " FROM apicore.saga g WHERE id = $1", 1, {UUIDOID}},
+	/* a transition out of 'claimed' carries the run's claim */
 	[PLAN_LOG] = {"INSERT INTO apicore.saga_transition "
-		"(saga, step, direction, attempt, from_state, to_state, actor, reason) "
-		"VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-	8, {UUIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}},
+		"(saga, step, direction, attempt, from_state, to_state, actor, reason, "
+		" claim_id, claimed_at, claimed_by) "
+		"SELECT $1, $2, $3, $4, $5, $6, $7, $8, c.claim_id, c.claimed_at, c.worker "
+		"FROM (SELECT) one LEFT JOIN apicore.saga_step c ON $5 = 'claimed' "
+		"  AND c.saga = $1 AND c.step = $2 AND c.direction = $3 AND c.attempt = $4",
+	8, {UUIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}, false, true},
 	/*
 	 * A step run becomes runnable: its settings are copied from the
 	 * definition, the saga moves to it (recording the output of the step
@@ -216,39 +226,40 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"  UPDATE apicore.saga_step SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
 		"    updated_at = now() "
 		"  WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'claimed' AND attempt = $6 "
-		"  RETURNING step, direction, attempt) "
-		"INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor) "
-		"SELECT $1, step, direction, attempt, 'claimed', 'succeeded', $5 FROM s",
-	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}},
+		"  RETURNING step, direction, attempt, claim_id, claimed_at, worker) "
+		"INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor, "
+		"  claim_id, claimed_at, claimed_by) "
+		"SELECT $1, step, direction, attempt, 'claimed', 'succeeded', $5, claim_id, claimed_at, worker FROM s",
+	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}, false, true},
 	/*
 	 * The common report in one statement: a running saga's forward step
 	 * succeeded and the next step is a worker's.  The saga row is locked by
 	 * the UPDATE that moves it to the next step (one row version and one WAL
 	 * record, not a lock and then an update), only if the step looks claimed
 	 * at $3 and the next step exists and is not local.  Then the step is
-	 * compare-and-set, the next one made runnable and both transitions
+	 * compare-and-set, the next one made runnable and the three transitions
+	 * (the run's claim, its success, the next run runnable)
 	 * logged in one row (next_step).  No row: nothing changed, the general
 	 * path applies.  A row whose third column is false: the step changed
 	 * between the look and the lock, so the general path raises the
 	 * report's error, which undoes the move.
 	 */
 	[PLAN_FAST_SUCCEED] = {"WITH g AS ("
-		"  UPDATE apicore.saga g SET position = nd.position, direction = 'forward', updated_at = now() "
-		"  FROM apicore.saga_definition_step sd, LATERAL (SELECT * FROM apicore.saga_definition_step d "
-		"    WHERE d.definition = sd.definition AND d.version = sd.version "
-		"      AND d.position = sd.position + 1 AND d.function IS NULL OFFSET 0) nd "
-		"  WHERE g.id = $1 AND g.state = 'running' AND g.cancel_reason IS NULL "
-		"    AND sd.definition = g.definition AND sd.version = g.version AND sd.name = $2 "
-		"    AND EXISTS (SELECT FROM apicore.saga_step c WHERE c.saga = $1 AND c.position = sd.position "
-		"      AND c.direction = 'forward' AND c.state = 'claimed' AND c.attempt = $3) "
-		"  RETURNING sd.position AS done, nd.position, nd.name, nd.definition, nd.max_attempts, "
+		"  UPDATE apicore.saga g SET position = nd.position, updated_at = now() "
+		"  FROM apicore.saga_definition_step nd "
+		"  WHERE g.id = $1 AND g.state = 'running' AND g.cancel_reason IS NULL AND g.direction = 'forward' "
+		"    AND nd.definition = g.definition AND nd.version = g.version "
+		"    AND nd.position = g.position + 1 AND nd.function IS NULL "
+		"    AND EXISTS (SELECT FROM apicore.saga_step c WHERE c.saga = $1 AND c.position = g.position "
+		"      AND c.direction = 'forward' AND c.step = $2 AND c.state = 'claimed' AND c.attempt = $3) "
+		"  RETURNING nd.position - 1 AS done, nd.position, nd.name, nd.definition, nd.max_attempts, "
 		"    nd.timeout, nd.backoff, nd.max_backoff), "
 		"s AS ("
 		"  UPDATE apicore.saga_step st SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
 		"    updated_at = now() "
-		"  FROM g WHERE st.saga = $1 AND st.position = g.done AND st.direction = 'forward' "
+		"  WHERE st.saga = $1 AND st.position = (SELECT done FROM g) AND st.direction = 'forward' "
 		"    AND st.state = 'claimed' AND st.attempt = $3 "
-		"  RETURNING st.step, st.worker), "
+		"  RETURNING st.step, st.worker, st.claim_id, st.claimed_at), "
 		"n AS ("
 		"  INSERT INTO apicore.saga_step (saga, position, direction, step, action, definition, "
 		"    max_attempts, timeout, backoff, max_backoff) "
@@ -257,15 +268,16 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"  RETURNING step), "
 		"l AS ("
 		"  INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, "
-		"    actor, next_step) "
-		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker, n.step FROM n, s) "
+		"    actor, next_step, claim_id, claimed_at, claimed_by) "
+		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker, n.step, "
+		"    s.claim_id, s.claimed_at, s.worker FROM n, s) "
 		"SELECT g.name, g.definition, EXISTS (SELECT FROM n) FROM g",
-	4, {UUIDOID, TEXTOID, INT4OID, JSONBOID}},
+	4, {UUIDOID, TEXTOID, INT4OID, JSONBOID}, false, true},
 	[PLAN_STEP_CLAIM_ONE] = {"UPDATE apicore.saga_step SET state = 'claimed', attempt = attempt + 1, "
-		"  worker = $4, lease_expires_at = now() + timeout, updated_at = now() "
+		"  worker = $4, lease_expires_at = now() + timeout, updated_at = now(), " CLAIM_LOG_SQL
 		"WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'runnable' "
 		"RETURNING step, attempt, max_attempts, backoff, max_backoff, function::oid",
-	4, {UUIDOID, INT4OID, TEXTOID, TEXTOID}},
+	4, {UUIDOID, INT4OID, TEXTOID, TEXTOID}, false, true},
 	[PLAN_STEP_CLAIMED] = {"SELECT position, direction, step, attempt, max_attempts, backoff, max_backoff, "
 		"  function::oid, worker "
 		"FROM apicore.saga_step WHERE saga = $1 AND step = $2 AND state = 'claimed'",
@@ -306,8 +318,8 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"WHERE s.saga = $1 AND s.direction = 'forward' AND s.state = 'succeeded' AND s.position < $2 "
 		"  AND (d.compensate IS NOT NULL OR d.compensate_function IS NOT NULL) "
 		"ORDER BY s.position DESC LIMIT 1", 2, {UUIDOID, INT4OID}},
-	[PLAN_CLAIM] = {CLAIM_SQL("1"), 2, {TEXTOID, TEXTARRAYOID}},
-	[PLAN_CLAIM_MANY] = {CLAIM_SQL("$3"), 3, {TEXTOID, TEXTARRAYOID, INT4OID}, true},
+	[PLAN_CLAIM] = {CLAIM_SQL("1"), 2, {TEXTOID, TEXTARRAYOID}, false, true},
+	[PLAN_CLAIM_MANY] = {CLAIM_SQL("$3"), 3, {TEXTOID, TEXTARRAYOID, INT4OID}, true, true},
 	[PLAN_DUE_LOCAL_STEPS] = {"SELECT g.id, s.position, s.direction FROM apicore.saga_step s "
 		"JOIN apicore.saga g ON g.id = s.saga "
 		"WHERE s.state = 'runnable' AND s.run_after <= now() AND s.function IS NOT NULL "
@@ -352,6 +364,25 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 
 static SPIPlanPtr plans[NUM_PLANS];
 
+/*
+ * After a new apicore.so is installed and the server restarted, the tables
+ * stay as the old version made them until ALTER EXTENSION apicore UPDATE:
+ * statements that need the 0.2.0 claim columns refuse clearly until then
+ * (checked when such a statement is first prepared in a backend).
+ */
+static void
+RequireClaimColumns(void)
+{
+	Oid			log = get_relname_relid("saga_transition", get_namespace_oid("apicore", false));
+
+	if (!OidIsValid(log) || get_attnum(log, "claim_id") == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: the saga tables are older than the installed apicore library %s",
+						APICORE_VERSION),
+				 errhint("Run ALTER EXTENSION apicore UPDATE in this database.")));
+}
+
 /* Run a plan (prepared on first use, kept for the backend's life). */
 static int
 SagaExec(SagaPlanId id, Datum *values, const char *nulls, bool read_only, long count)
@@ -360,12 +391,17 @@ SagaExec(SagaPlanId id, Datum *values, const char *nulls, bool read_only, long c
 
 	if (plans[id] == NULL)
 	{
+		SPIPlanPtr	plan;
+
+		if (plan_defs[id].claim_log)
+			RequireClaimColumns();
+
 		/*
 		 * The generic plan unless told otherwise: a custom plan is planned
 		 * again on every call, which costs more than these statements take
 		 * to run.
 		 */
-		SPIPlanPtr	plan = SPI_prepare_cursor(plan_defs[id].sql, plan_defs[id].nargs,
+		plan = SPI_prepare_cursor(plan_defs[id].sql, plan_defs[id].nargs,
 											  (Oid *) plan_defs[id].argtypes,
 											  plan_defs[id].custom ? 0 : CURSOR_OPT_GENERIC_PLAN);
 
@@ -657,8 +693,6 @@ ClaimAndRunLocal(SagaRow *saga, int position, const char *direction)
 	run.max_backoff = DatumGetIntervalP(ResultValue(0, 5, NULL));
 	run.function = DatumGetObjectId(ResultValue(0, 6, NULL));
 	run.worker = APICORE_ACTOR;
-	LogTransition(&saga->id, run.step, run.direction, run.attempt, "runnable", "claimed",
-				  APICORE_ACTOR, NULL);
 	RunLocalStep(saga, &run);
 }
 

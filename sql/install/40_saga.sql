@@ -81,6 +81,11 @@ CREATE TABLE apicore.saga_step (
     output           jsonb,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- The claim of the current (or last) run: its saga_log id, drawn from
+    -- saga_transition's sequence when claimed, and its time.  The claim is
+    -- written to saga_transition with the run's next transition (see there).
+    claim_id         bigint,
+    claimed_at       timestamptz,
     PRIMARY KEY (saga, position, direction)
 );
 CREATE INDEX saga_step_runnable ON apicore.saga_step (run_after) WHERE state = 'runnable' AND function IS NULL;
@@ -107,7 +112,15 @@ CREATE TABLE apicore.saga_transition (
     -- same time: this step run (forward) became runnable.  The common report
     -- (a step succeeded, the next one is runnable) writes one row, not two;
     -- apicore.saga_log shows it as two.
-    next_step  text
+    next_step  text,
+    -- Set on a row leaving 'claimed': that run's claim (runnable -> claimed
+    -- by claimed_by at claimed_at), whose log id claim_id was drawn from this
+    -- table's sequence when the step was claimed.  A claim is the hot path
+    -- (every step run has one), so it costs no row of its own: until the run
+    -- ends, apicore.saga_log shows it from saga_step.
+    claim_id   bigint,
+    claimed_at timestamptz,
+    claimed_by text
 );
 CREATE INDEX saga_transition_saga ON apicore.saga_transition (saga, id);
 
@@ -156,14 +169,24 @@ COMMENT ON VIEW apicore.saga_dead_letter IS
     'sagas that need an operator: apicore.saga_retry(id, actor, reason) or apicore.saga_resolve(id, outcome, actor, reason)';
 
 -- A row's id is twice its saga_transition id, plus one for the transition
--- folded into it (next_step), so that ORDER BY id is the order of events.
+-- folded into it (next_step), so that ORDER BY id is the order of events.  A
+-- claim's id is twice the sequence value it drew when claimed: it is shown
+-- from the row that ended the run, or from saga_step while the run is claimed.
 CREATE VIEW apicore.saga_log AS
 SELECT id * 2 AS id, saga, step, direction, attempt, from_state, to_state, actor, reason, at
   FROM apicore.saga_transition
 UNION ALL
 SELECT id * 2 + 1, saga, next_step, 'forward', NULL, NULL, 'runnable', actor, NULL, at
   FROM apicore.saga_transition
- WHERE next_step IS NOT NULL;
+ WHERE next_step IS NOT NULL
+UNION ALL
+SELECT claim_id * 2, saga, step, direction, attempt, 'runnable', 'claimed', claimed_by, NULL, claimed_at
+  FROM apicore.saga_transition
+ WHERE claim_id IS NOT NULL
+UNION ALL
+SELECT claim_id * 2, saga, step, direction, attempt, 'runnable', 'claimed', worker, NULL, claimed_at
+  FROM apicore.saga_step
+ WHERE state = 'claimed' AND claim_id IS NOT NULL;
 COMMENT ON VIEW apicore.saga_log IS 'append-only audit trail of every saga and step transition';
 
 -- ---------- functions ----------
