@@ -30,7 +30,7 @@ static const ApicoreCapability capabilities[] = {
 	{"cursor", CursorInit, NULL, NULL},
 	{"keyset", KeysetInit, NULL, NULL},
 	{"rate_limit", RateLimitInit, RateLimitShmemRequest, RateLimitShmemStartup},
-	{"saga", SagaInit, NULL, NULL},
+	{"saga", SagaInit, SagaShmemRequest, SagaShmemStartup},
 	{"soft_delete", SoftDeleteInit, NULL, NULL},
 };
 

@@ -69,6 +69,8 @@ extern void RateLimitInit(void);
 extern void RateLimitShmemRequest(void);
 extern void RateLimitShmemStartup(void);
 extern void SagaInit(void);
+extern void SagaShmemRequest(void);
+extern void SagaShmemStartup(void);
 extern void SoftDeleteInit(void);
 
 #endif							/* APICORE_H */

@@ -33,6 +33,9 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "parser/parse_func.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -61,6 +64,121 @@
 static int	saga_retention_s = 7 * 24 * 3600;
 static int	saga_maintenance_batch = 1000;
 static bool saga_notify = true;
+
+/* ---------- who listens: NOTIFY only when someone in the database does ---------- */
+
+/*
+ * PostgreSQL serialises the commits of notifying transactions (one lock per
+ * database, held through commit), whether or not anyone listens.  So apicore
+ * tracks, per backend, the database of a session that has run LISTEN
+ * apicore_saga, and notifies only when one exists in MyDatabaseId.  A
+ * LISTEN counts from the moment it runs (a rolled-back one costs a spare
+ * NOTIFY, never a lost one); UNLISTEN and DISCARD ALL count once committed;
+ * a backend that exits stops counting.  Without shared memory (apicore not
+ * preloaded) every step notifies, as before.
+ */
+#define SAGA_CHANNEL "apicore_saga"
+
+static Oid *saga_listeners = NULL;	/* [MaxBackends + 1], by BackendId */
+static bool saga_unlisten_at_commit = false;
+static ProcessUtility_hook_type prev_process_utility = NULL;
+
+static void
+SetListening(bool listening)
+{
+	if (saga_listeners && MyBackendId != InvalidBackendId && MyBackendId <= MaxBackends)
+	{
+		saga_listeners[MyBackendId] = listening ? MyDatabaseId : InvalidOid;
+		pg_memory_barrier();
+	}
+}
+
+static bool
+AnyoneListens(void)
+{
+	if (saga_listeners == NULL)
+		return true;
+	pg_memory_barrier();
+	for (int i = 1; i <= MaxBackends; i++)
+		if (saga_listeners[i] == MyDatabaseId)
+			return true;
+	return false;
+}
+
+static void SagaListenXactCallback(XactEvent event, void *arg);
+static void SagaListenerExit(int code, Datum arg);
+
+/* The first LISTEN or UNLISTEN of this backend: start following them. */
+static void
+FollowListening(void)
+{
+	static bool following = false;
+
+	if (following)
+		return;
+	RegisterXactCallback(SagaListenXactCallback, NULL);
+	before_shmem_exit(SagaListenerExit, (Datum) 0);
+	following = true;
+}
+
+static void
+SagaListenXactCallback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && saga_unlisten_at_commit)
+		SetListening(false);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+		saga_unlisten_at_commit = false;
+}
+
+static void
+SagaListenerExit(int code, Datum arg)
+{
+	SetListening(false);
+}
+
+static void
+SagaProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				   ProcessUtilityContext context, ParamListInfo params,
+				   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+
+	if (IsA(stmt, ListenStmt) && strcmp(((ListenStmt *) stmt)->conditionname, SAGA_CHANNEL) == 0)
+	{
+		FollowListening();
+		SetListening(true);
+		saga_unlisten_at_commit = false;	/* UNLISTEN then LISTEN: listening */
+	}
+	else if ((IsA(stmt, UnlistenStmt) &&
+			  (((UnlistenStmt *) stmt)->conditionname == NULL ||
+			   strcmp(((UnlistenStmt *) stmt)->conditionname, SAGA_CHANNEL) == 0)) ||
+			 (IsA(stmt, DiscardStmt) && ((DiscardStmt *) stmt)->target == DISCARD_ALL))
+	{
+		FollowListening();
+		saga_unlisten_at_commit = true;
+	}
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+}
+
+void
+SagaShmemRequest(void)
+{
+	RequestAddinShmemSpace(mul_size(MaxBackends + 1, sizeof(Oid)));
+}
+
+void
+SagaShmemStartup(void)
+{
+	bool		found;
+
+	saga_listeners = ShmemInitStruct("apicore saga listeners",
+									 mul_size(MaxBackends + 1, sizeof(Oid)), &found);
+	if (!found)
+		memset(saga_listeners, 0, mul_size(MaxBackends + 1, sizeof(Oid)));
+}
 
 PG_FUNCTION_INFO_V1(apicore_saga_define);
 PG_FUNCTION_INFO_V1(apicore_saga_start);
@@ -704,12 +822,8 @@ NotifyRunnable(SagaRow *saga, const char *definition, const char *step)
 	char	   *id;
 	StringInfoData payload;
 
-	/*
-	 * PostgreSQL serialises the commits of notifying transactions (one lock
-	 * per database, held through commit), so busy installations whose
-	 * workers poll can turn this off.
-	 */
-	if (!saga_notify)
+	/* see AnyoneListens; apicore.saga_notify = off skips even the check */
+	if (!saga_notify || !AnyoneListens())
 		return;
 	id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&saga->id)));
 	initStringInfo(&payload);
@@ -1701,4 +1815,9 @@ SagaInit(void)
 							 "Send NOTIFY apicore_saga when a saga step becomes runnable.",
 							 "Off: workers find work by polling saga_claim; commits of step reports no longer queue behind each other.",
 							 &saga_notify, true, PGC_USERSET, 0, NULL, NULL, NULL);
+	if (apicore_preloaded)
+	{
+		prev_process_utility = ProcessUtility_hook;
+		ProcessUtility_hook = SagaProcessUtility;
+	}
 }
