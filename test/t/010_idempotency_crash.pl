@@ -6,18 +6,13 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('idempotency');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'apicore'
-# the worker runs elsewhere, so no maintenance round moves keys mid-test
-apicore.database = 'template1'
-restart_after_crash = on
-});
-$node->start;
+my $node = apicore_node('idempotency',
+	# the worker runs elsewhere, so no maintenance round moves keys mid-test
+	database => 'template1', interval => '1min');
 $node->safe_psql('postgres', 'CREATE EXTENSION apicore; CREATE TABLE charges (key text PRIMARY KEY)');
 
 sub begin_key

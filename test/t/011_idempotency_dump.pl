@@ -3,17 +3,11 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('idempotency_dump');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'apicore'
-apicore.database = 'postgres'
-apicore.maintenance_interval = '1h'
-});
-$node->start;
+my $node = apicore_node('idempotency_dump', interval => '1h');
 $node->safe_psql('postgres', q{
 	CREATE DATABASE source;
 	CREATE DATABASE restored;

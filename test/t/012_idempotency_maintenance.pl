@@ -4,17 +4,13 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('idempotency_maintenance');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'apicore'
-# the worker runs elsewhere: this test decides when maintenance runs
-apicore.database = 'template1'
-});
-$node->start;
+my $node = apicore_node('idempotency_maintenance',
+	# the worker runs elsewhere: this test decides when maintenance runs
+	database => 'template1', interval => '1min');
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION apicore;
 	SELECT * FROM apicore.run_maintenance();

@@ -6,16 +6,11 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'apicore'
-apicore.database = 'postgres'
-});
-$primary->start;
+my $primary = apicore_node('primary', streaming => 1, interval => '1min');
 $primary->safe_psql('postgres', q{
 CREATE EXTENSION apicore;
 CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL);

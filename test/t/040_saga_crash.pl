@@ -5,19 +5,12 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-my $node = PostgreSQL::Test::Cluster->new('saga');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'apicore'
-apicore.database = 'postgres'
-apicore.maintenance_interval = '1s'
-restart_after_crash = on
-});
-$node->start;
+my $node = apicore_node('saga');
 
 # a: a worker step with a 2 s lease; b: local, undone by unb; c: a worker
 # step that fails for good when the payload says so.

@@ -4,20 +4,13 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
 my $batch = 50;
-my $node = PostgreSQL::Test::Cluster->new('soft_delete');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'apicore'
-apicore.database = 'postgres'
-apicore.maintenance_interval = '1s'
-apicore.soft_delete_batch_size = $batch
-});
-$node->start;
+my $node = apicore_node('soft_delete', conf => "apicore.soft_delete_batch_size = $batch\n");
 
 # Enabled before the rows are backdated, so the worker has nothing to do yet.
 $node->safe_psql('postgres', q{
