@@ -27,7 +27,7 @@ static const ApicoreCapability capabilities[] = {
 	{"maintenance", WorkerInit, WorkerShmemRequest, WorkerShmemStartup},
 	{"crypto", CryptoInit, NULL, NULL},
 	{"idempotency", IdempotencyInit, IdempotencyShmemRequest, IdempotencyShmemStartup},
-	{"cursor", CursorInit, NULL, NULL},
+	{"cursor", NULL, NULL, NULL},
 	{"keyset", KeysetInit, NULL, NULL},
 	{"rate_limit", RateLimitInit, RateLimitShmemRequest, RateLimitShmemStartup},
 	{"saga", SagaInit, SagaShmemRequest, SagaShmemStartup},
@@ -79,7 +79,8 @@ _PG_init(void)
 	apicore_preloaded = process_shared_preload_libraries_in_progress;
 
 	for (size_t i = 0; i < NUM_CAPABILITIES; i++)
-		capabilities[i].init();
+		if (capabilities[i].init)
+			capabilities[i].init();
 
 	if (!apicore_preloaded)
 		return;
@@ -119,6 +120,14 @@ ApicoreRequireArg(FunctionCallInfo fcinfo, int argno, const char *prefix,
 			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 			 errmsg("%s%s must not be NULL", prefix, name),
 			 errhint("Pass a value for %s.", name)));
+}
+
+HTAB *
+ApicoreBackendHash(const char *name, Size keysize, Size entrysize)
+{
+	HASHCTL		ctl = {.keysize = keysize,.entrysize = entrysize,.hcxt = TopMemoryContext};
+
+	return hash_create(name, 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }
 
 ErrorData *

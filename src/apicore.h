@@ -3,9 +3,8 @@
  *
  * Each capability lives in one C file (idempotency.c, cursor.c, keyset.c,
  * rate_limit.c, saga.c, soft_delete.c, worker.c; crypto.c owns libsodium and
- * the cursor keys).  A capability exposes one Init function, called from
- * _PG_init to define its settings, and optionally a pair of shared-memory
- * functions.  apicore.c lists them in one table; nothing else is wired by hand.
+ * the cursor keys).  A capability may expose an Init function, called from
+ * _PG_init to define its settings, and a pair of shared-memory functions.  apicore.c lists them in one table; nothing else is wired by hand.
  *
  * Maintenance tasks are registered in SQL, not C: a capability's install
  * fragment inserts a row into apicore.maintenance_task naming a function
@@ -17,6 +16,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "utils/hsearch.h"
 
 #ifndef APICORE_VERSION
 #define APICORE_VERSION "unknown"
@@ -26,7 +26,7 @@
 typedef struct ApicoreCapability
 {
 	const char *name;
-	void		(*init) (void);			/* define settings; always called */
+	void		(*init) (void);			/* define settings; always called (NULL: none) */
 	void		(*shmem_request) (void);	/* RequestAddinShmemSpace etc.; preload only */
 	void		(*shmem_startup) (void);	/* ShmemInitStruct etc.; preload only */
 } ApicoreCapability;
@@ -55,6 +55,12 @@ extern void ApicoreRequireArg(FunctionCallInfo fcinfo, int argno, const char *pr
  */
 extern ErrorData *ApicoreTrySubtransaction(void (*body) (void *arg), void *arg);
 
+/*
+ * A backend-lifetime hash table (in TopMemoryContext) whose keys are
+ * keysize bytes compared as binary: a cache kept until the backend exits.
+ */
+extern HTAB *ApicoreBackendHash(const char *name, Size keysize, Size entrysize);
+
 /* Capability entry points (one per file). */
 extern void WorkerInit(void);
 extern void WorkerShmemRequest(void);
@@ -63,7 +69,6 @@ extern void CryptoInit(void);
 extern void IdempotencyInit(void);
 extern void IdempotencyShmemRequest(void);
 extern void IdempotencyShmemStartup(void);
-extern void CursorInit(void);
 extern void KeysetInit(void);
 extern void RateLimitInit(void);
 extern void RateLimitShmemRequest(void);

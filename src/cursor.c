@@ -42,11 +42,6 @@ typedef struct TypeIO
 
 static HTAB *type_io = NULL;
 
-void
-CursorInit(void)
-{
-}
-
 static TypeIO *
 LookupTypeIO(Oid type)
 {
@@ -54,13 +49,7 @@ LookupTypeIO(Oid type)
 	bool		found;
 
 	if (type_io == NULL)
-	{
-		HASHCTL		ctl = {.keysize = sizeof(Oid),.entrysize = sizeof(TypeIO),
-		.hcxt = TopMemoryContext};
-
-		type_io = hash_create("apicore cursor type I/O", 64, &ctl,
-							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
+		type_io = ApicoreBackendHash("apicore cursor type I/O", sizeof(Oid), sizeof(TypeIO));
 	io = hash_search(type_io, &type, HASH_ENTER, &found);
 	if (!found)
 	{

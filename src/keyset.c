@@ -773,13 +773,7 @@ PreparedPlan(const char *sql, int nparams, Oid *param_types)
 	SPIPlanPtr	plan;
 
 	if (plan_cache == NULL)
-	{
-		HASHCTL		ctl = {.keysize = sizeof(uint64),.entrysize = sizeof(KeysetPlan),
-		.hcxt = TopMemoryContext};
-
-		plan_cache = hash_create("apicore keyset plans", 64, &ctl,
-								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
+		plan_cache = ApicoreBackendHash("apicore keyset plans", sizeof(uint64), sizeof(KeysetPlan));
 	entry = hash_search(plan_cache, &hash, HASH_FIND, NULL);
 	if (entry != NULL && strcmp(entry->sql, sql) == 0 && entry->nparams == nparams &&
 		memcmp(entry->param_types, param_types, sizeof(Oid) * nparams) == 0)

@@ -311,7 +311,7 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"SELECT $1, $2, $3, $4, $5, $6, $7, $8, c.claim_id, c.claimed_at, c.worker "
 		"FROM (SELECT) one LEFT JOIN apicore.saga_step c ON $5 = 'claimed' "
 		"  AND c.saga = $1 AND c.step = $2 AND c.direction = $3 AND c.attempt = $4",
-	8, {UUIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}, false, true},
+	8, {UUIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}, .claim_log = true},
 	/*
 	 * A step run becomes runnable: its settings are copied from the
 	 * definition, the saga moves to it (recording the output of the step
@@ -348,17 +348,16 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor, "
 		"  claim_id, claimed_at, claimed_by) "
 		"SELECT $1, step, direction, attempt, 'claimed', 'succeeded', $5, claim_id, claimed_at, worker FROM s",
-	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}, false, true},
+	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}, .claim_log = true},
 	/*
 	 * The common report in one statement: a running saga's forward step
 	 * succeeded and the next step is a worker's.  The saga row is locked by
 	 * the UPDATE that moves it to the next step (one row version and one WAL
 	 * record, not a lock and then an update), only if the step looks claimed
 	 * at $3 and the next step exists and is not local.  Then the step is
-	 * compare-and-set, the next one made runnable and the three transitions
-	 * (the run's claim, its success, the next run runnable)
-	 * logged in one row (next_step).  No row: nothing changed, the general
-	 * path applies.  A row whose third column is false: the step changed
+	 * compare-and-set, the next one made runnable and three transitions (the
+	 * run's claim, its success, the next run runnable) logged in one row.  No
+	 * row: nothing changed, the general path applies.  A row whose third column is false: the step changed
 	 * between the look and the lock, so the general path raises the
 	 * report's error, which undoes the move.
 	 */
@@ -390,12 +389,12 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker, n.step, "
 		"    s.claim_id, s.claimed_at, s.worker FROM n, s) "
 		"SELECT g.name, g.definition, EXISTS (SELECT FROM n) FROM g",
-	4, {UUIDOID, TEXTOID, INT4OID, JSONBOID}, false, true},
+	4, {UUIDOID, TEXTOID, INT4OID, JSONBOID}, .claim_log = true},
 	[PLAN_STEP_CLAIM_ONE] = {"UPDATE apicore.saga_step SET state = 'claimed', attempt = attempt + 1, "
 		"  worker = $4, lease_expires_at = now() + timeout, updated_at = now(), " CLAIM_LOG_SQL
 		"WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'runnable' "
 		"RETURNING step, attempt, max_attempts, backoff, max_backoff, function::oid",
-	4, {UUIDOID, INT4OID, TEXTOID, TEXTOID}, false, true},
+	4, {UUIDOID, INT4OID, TEXTOID, TEXTOID}, .claim_log = true},
 	[PLAN_STEP_CLAIMED] = {"SELECT position, direction, step, attempt, max_attempts, backoff, max_backoff, "
 		"  function::oid, worker "
 		"FROM apicore.saga_step WHERE saga = $1 AND step = $2 AND state = 'claimed'",
@@ -436,8 +435,8 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"WHERE s.saga = $1 AND s.direction = 'forward' AND s.state = 'succeeded' AND s.position < $2 "
 		"  AND (d.compensate IS NOT NULL OR d.compensate_function IS NOT NULL) "
 		"ORDER BY s.position DESC LIMIT 1", 2, {UUIDOID, INT4OID}},
-	[PLAN_CLAIM] = {CLAIM_SQL("1"), 2, {TEXTOID, TEXTARRAYOID}, false, true},
-	[PLAN_CLAIM_MANY] = {CLAIM_SQL("$3"), 3, {TEXTOID, TEXTARRAYOID, INT4OID}, true, true},
+	[PLAN_CLAIM] = {CLAIM_SQL("1"), 2, {TEXTOID, TEXTARRAYOID}, .claim_log = true},
+	[PLAN_CLAIM_MANY] = {CLAIM_SQL("$3"), 3, {TEXTOID, TEXTARRAYOID, INT4OID}, .custom = true, .claim_log = true},
 	[PLAN_DUE_LOCAL_STEPS] = {"SELECT g.id, s.position, s.direction FROM apicore.saga_step s "
 		"JOIN apicore.saga g ON g.id = s.saga "
 		"WHERE s.state = 'runnable' AND s.run_after <= now() AND s.function IS NOT NULL "
@@ -520,8 +519,8 @@ SagaExec(SagaPlanId id, Datum *values, const char *nulls, bool read_only, long c
 		 * to run.
 		 */
 		plan = SPI_prepare_cursor(plan_defs[id].sql, plan_defs[id].nargs,
-											  (Oid *) plan_defs[id].argtypes,
-											  plan_defs[id].custom ? 0 : CURSOR_OPT_GENERIC_PLAN);
+								  (Oid *) plan_defs[id].argtypes,
+								  plan_defs[id].custom ? 0 : CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "apicore: could not prepare saga plan %d: %s",

@@ -5,7 +5,6 @@
 # out, with its last recovery point.
 use strict;
 use warnings;
-use PostgreSQL::Test::Cluster;
 use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;

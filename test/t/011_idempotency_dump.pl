@@ -2,7 +2,6 @@
 # ordinary tables to pg_dump, the default partition is a config table.
 use strict;
 use warnings;
-use PostgreSQL::Test::Cluster;
 use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;

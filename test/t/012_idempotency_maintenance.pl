@@ -3,7 +3,6 @@
 # later round; the application's lookups go on meanwhile.
 use strict;
 use warnings;
-use PostgreSQL::Test::Cluster;
 use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;

@@ -4,7 +4,6 @@
 # completed, compensated or in the dead letter, never stuck running.
 use strict;
 use warnings;
-use PostgreSQL::Test::Cluster;
 use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;

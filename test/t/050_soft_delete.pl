@@ -3,7 +3,6 @@
 # the archive/purge windows.
 use strict;
 use warnings;
-use PostgreSQL::Test::Cluster;
 use ApicoreNode;
 use PostgreSQL::Test::Utils;
 use Test::More;
