@@ -304,13 +304,16 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	[PLAN_SAGA_CANCEL_REASON] = {"UPDATE apicore.saga SET cancel_reason = $2 WHERE id = $1",
 	2, {UUIDOID, TEXTOID}},
 	[PLAN_SAGA_DATA] = {"SELECT payload, " OUTPUTS_SQL " FROM apicore.saga g WHERE id = $1", 1, {UUIDOID}},
-	/* a transition out of 'claimed' carries the run's claim */
+	/*
+	 * A transition out of 'claimed' carries the run's claim; in the subquery
+	 * the test of $5 is a one-time filter, so other transitions read no step.
+	 */
 	[PLAN_LOG] = {"INSERT INTO apicore.saga_transition "
 		"(saga, step, direction, attempt, from_state, to_state, actor, reason, "
 		" claim_id, claimed_at, claimed_by) "
 		"SELECT $1, $2, $3, $4, $5, $6, $7, $8, c.claim_id, c.claimed_at, c.worker "
-		"FROM (SELECT) one LEFT JOIN apicore.saga_step c ON $5 = 'claimed' "
-		"  AND c.saga = $1 AND c.step = $2 AND c.direction = $3 AND c.attempt = $4",
+		"FROM (SELECT) one LEFT JOIN (SELECT claim_id, claimed_at, worker FROM apicore.saga_step "
+		"  WHERE $5 = 'claimed' AND saga = $1 AND step = $2 AND direction = $3 AND attempt = $4) c ON true",
 	8, {UUIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}, .claim_log = true},
 	/*
 	 * A step run becomes runnable: its settings are copied from the
