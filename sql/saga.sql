@@ -231,6 +231,34 @@ SELECT step, version FROM apicore.saga_claim('w', ARRAY['restock']);
 SELECT apicore.saga_start('restock', '{}', '00000000-0000-0000-0000-000000000014');
 SELECT step, version FROM apicore.saga_claim('w', ARRAY['restock']);
 
+-- ---------- claim order: oldest first, also after claims rolled back ----------
+-- A claim resumes its index scan after the step it last took (the entries
+-- before it are dead versions).  A step that becomes claimable again below
+-- that point is still handed out: by a scan from the start when nothing
+-- later is runnable, and by the scan from the start that runs at least
+-- once a second.
+SELECT apicore.saga_define('order', '[{"name": "only"}]');
+SELECT apicore.saga_start('order', '{}', '00000000-0000-0000-0000-0000000000d1');
+SELECT apicore.saga_start('order', '{}', '00000000-0000-0000-0000-0000000000d2');
+BEGIN;
+SELECT saga_id FROM apicore.saga_claim('w', ARRAY['order'], 2);
+ROLLBACK;
+SELECT apicore.saga_cancel('00000000-0000-0000-0000-0000000000d2', 'not needed');
+SELECT saga_id FROM apicore.saga_claim('w', ARRAY['order']);
+SELECT apicore.saga_start('order', '{}', '00000000-0000-0000-0000-0000000000d3');
+SELECT apicore.saga_start('order', '{}', '00000000-0000-0000-0000-0000000000d4');
+BEGIN;
+SELECT saga_id FROM apicore.saga_claim('w', ARRAY['order'], 2);
+ROLLBACK;
+SELECT apicore.saga_start('order', '{}', '00000000-0000-0000-0000-0000000000d5');
+SELECT pg_sleep(1.1);
+SELECT saga_id FROM apicore.saga_claim('w', ARRAY['order']);
+-- finish them all
+SELECT saga, apicore.saga_step_succeeded(saga, step, attempt) FROM apicore.saga_step
+ WHERE definition = 'order' AND state = 'claimed' ORDER BY saga;
+SELECT saga_id, apicore.saga_step_succeeded(saga_id, step, attempt)
+  FROM apicore.saga_claim('w', ARRAY['order'], 10) ORDER BY saga_id;
+
 -- ---------- bad input: precise SQLSTATEs, messages naming the argument, hints ----------
 SELECT error_of($$SELECT apicore.saga_define(NULL, '[]')$$);
 SELECT error_of($$SELECT apicore.saga_define('', '[{"name": "a"}]')$$);

@@ -260,23 +260,42 @@ typedef struct SagaPlanDef
 #define CLAIM_LOG_SQL "claim_id = nextval('apicore.saga_transition_id_seq'), claimed_at = clock_timestamp() "
 
 /*
- * saga_claim's statement.  LIMIT 1, the common claim, is a literal so that
- * its plan can be generic (planned once); with a LIMIT parameter the generic
- * plan would assume 10% of the table and hash-join it.
+ * saga_claim's statements.  The runnable steps to hand out, oldest first,
+ * skipping those another worker is claiming.  LIMIT 1, the common claim, is
+ * a literal so that its plan can be generic (planned once); with a LIMIT
+ * parameter the generic plan would assume 10% of the table and hash-join it.
  */
-#define CLAIM_SQL(limit) "WITH c AS (" \
-	"  SELECT saga, position, direction FROM apicore.saga_step " \
-	"   WHERE state = 'runnable' AND run_after <= now() " \
-	"     AND ($2::text[] IS NULL OR definition = ANY ($2)) AND function IS NULL " \
-	"   ORDER BY run_after LIMIT " limit " FOR UPDATE SKIP LOCKED), " \
-	"u AS (" \
-	"  UPDATE apicore.saga_step s SET state = 'claimed', attempt = s.attempt + 1, worker = $1, " \
-	"         lease_expires_at = now() + s.timeout, updated_at = now(), " CLAIM_LOG_SQL \
+#define CLAIMABLE_SQL(limit, from) "SELECT saga, position, direction FROM apicore.saga_step " \
+	" WHERE state = 'runnable' AND run_after >= " from " AND run_after <= now() " \
+	"   AND ($2::text[] IS NULL OR definition = ANY ($2)) AND function IS NULL " \
+	" ORDER BY run_after LIMIT " limit " FOR UPDATE SKIP LOCKED"
+#define CLAIM_SET_SQL "state = 'claimed', attempt = s.attempt + 1, worker = $1, " \
+	"lease_expires_at = now() + s.timeout, updated_at = now(), " CLAIM_LOG_SQL
+/* saga_claim's result columns, then the claimed step's run_after */
+#define CLAIM_RESULT_COLUMNS 11
+#define CLAIM_RETURNING_SQL "s.saga, g.definition, g.version, s.step, s.direction, s.attempt, " \
+	"g.payload, " OUTPUTS_SQL ", s.saga || ':' || s.step || ':' || s.direction, " \
+	"s.lease_expires_at, s.action, s.run_after"
+
+/*
+ * One step: a single UPDATE whose key comes from an InitPlan, the fewest
+ * plan nodes to start and run on the hot path.  The key is matched through
+ * the primary key rather than the locked row's ctid: a version committed
+ * after the statement's snapshot is found from the visible one (EvalPlanQual),
+ * where a ctid lookup would miss it and report no work.
+ */
+#define CLAIM_ONE_SQL "UPDATE apicore.saga_step s SET " CLAIM_SET_SQL \
+	"FROM apicore.saga g " \
+	"WHERE (s.saga, s.position, s.direction) = (" CLAIMABLE_SQL("1", "$3") ") AND g.id = s.saga " \
+	"RETURNING " CLAIM_RETURNING_SQL
+
+/* Several steps: returned in the order they became runnable. */
+#define CLAIM_MANY_SQL "WITH c AS (" CLAIMABLE_SQL("$3", "$4") "), " \
+	"s AS (" \
+	"  UPDATE apicore.saga_step s SET " CLAIM_SET_SQL \
 	"    FROM c WHERE s.saga = c.saga AND s.position = c.position AND s.direction = c.direction " \
 	"  RETURNING s.*) " \
-	"SELECT u.saga, g.definition, g.version, u.step, u.direction, u.attempt, g.payload, " OUTPUTS_SQL ", " \
-	"       u.saga || ':' || u.step || ':' || u.direction, u.lease_expires_at, u.action " \
-	"FROM u JOIN apicore.saga g ON g.id = u.saga ORDER BY u.run_after"
+	"SELECT " CLAIM_RETURNING_SQL " FROM s JOIN apicore.saga g ON g.id = s.saga ORDER BY s.run_after"
 
 static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	[PLAN_DEF_LOCK] = {"SELECT pg_advisory_xact_lock(hashtext('apicore.saga_define'), hashtext($1))",
@@ -356,13 +375,13 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	 * The common report in one statement: a running saga's forward step
 	 * succeeded and the next step is a worker's.  The saga row is locked by
 	 * the UPDATE that moves it to the next step (one row version and one WAL
-	 * record, not a lock and then an update), only if the step looks claimed
-	 * at $3 and the next step exists and is not local.  Then the step is
-	 * compare-and-set, the next one made runnable and three transitions (the
-	 * run's claim, its success, the next run runnable) logged in one row.  No
-	 * row: nothing changed, the general path applies.  A row whose third column is false: the step changed
-	 * between the look and the lock, so the general path raises the
-	 * report's error, which undoes the move.
+	 * record, not a lock and then an update), only if the next step exists
+	 * and is not local.  Then the step is compare-and-set on (saga, step,
+	 * attempt), the next one made runnable and three transitions (the run's
+	 * claim, its success, the next run runnable) logged in one row.  No row:
+	 * nothing changed, the general path applies.  A row whose third column
+	 * is false: the step was not claimed at $3 (a stale or mistaken report),
+	 * so the general path raises the report's error, which undoes the move.
 	 */
 	[PLAN_FAST_SUCCEED] = {"WITH g AS ("
 		"  UPDATE apicore.saga g SET position = nd.position, updated_at = now() "
@@ -370,15 +389,13 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"  WHERE g.id = $1 AND g.state = 'running' AND g.cancel_reason IS NULL AND g.direction = 'forward' "
 		"    AND nd.definition = g.definition AND nd.version = g.version "
 		"    AND nd.position = g.position + 1 AND nd.function IS NULL "
-		"    AND EXISTS (SELECT FROM apicore.saga_step c WHERE c.saga = $1 AND c.position = g.position "
-		"      AND c.direction = 'forward' AND c.step = $2 AND c.state = 'claimed' AND c.attempt = $3) "
 		"  RETURNING nd.position - 1 AS done, nd.position, nd.name, nd.definition, nd.max_attempts, "
 		"    nd.timeout, nd.backoff, nd.max_backoff), "
 		"s AS ("
 		"  UPDATE apicore.saga_step st SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
 		"    updated_at = now() "
 		"  WHERE st.saga = $1 AND st.position = (SELECT done FROM g) AND st.direction = 'forward' "
-		"    AND st.state = 'claimed' AND st.attempt = $3 "
+		"    AND st.step = $2 AND st.state = 'claimed' AND st.attempt = $3 "
 		"  RETURNING st.step, st.worker, st.claim_id, st.claimed_at), "
 		"n AS ("
 		"  INSERT INTO apicore.saga_step (saga, position, direction, step, action, definition, "
@@ -438,8 +455,9 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"WHERE s.saga = $1 AND s.direction = 'forward' AND s.state = 'succeeded' AND s.position < $2 "
 		"  AND (d.compensate IS NOT NULL OR d.compensate_function IS NOT NULL) "
 		"ORDER BY s.position DESC LIMIT 1", 2, {UUIDOID, INT4OID}},
-	[PLAN_CLAIM] = {CLAIM_SQL("1"), 2, {TEXTOID, TEXTARRAYOID}, .claim_log = true},
-	[PLAN_CLAIM_MANY] = {CLAIM_SQL("$3"), 3, {TEXTOID, TEXTARRAYOID, INT4OID}, .custom = true, .claim_log = true},
+	[PLAN_CLAIM] = {CLAIM_ONE_SQL, 3, {TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID}, .claim_log = true},
+	[PLAN_CLAIM_MANY] = {CLAIM_MANY_SQL, 4, {TEXTOID, TEXTARRAYOID, INT4OID, TIMESTAMPTZOID},
+	.custom = true, .claim_log = true},
 	[PLAN_DUE_LOCAL_STEPS] = {"SELECT g.id, s.position, s.direction FROM apicore.saga_step s "
 		"JOIN apicore.saga g ON g.id = s.saga "
 		"WHERE s.state = 'runnable' AND s.run_after <= now() AND s.function IS NOT NULL "
@@ -1480,24 +1498,99 @@ apicore_saga_start(PG_FUNCTION_ARGS)
 /* ---------- saga_claim ---------- */
 
 /*
+ * Where this backend's next claim starts its scan of saga_step_runnable.
+ * A claim takes the oldest runnable steps it can lock, so every index entry
+ * before the last one it took was a dead row version or locked by another
+ * claim.  The index keeps dead entries until VACUUM, and under load walking
+ * them was the largest single cost of a claim.  Entries before the resume
+ * point can become claimable again (a claim that rolled back, a step made
+ * runnable by a transaction that began earlier), so a claim scans from the
+ * start when the last such scan is CLAIM_RESCAN_MS old, when its definitions
+ * filter differs from the last claim's, and before it reports no work.
+ */
+#ifndef CLAIM_RESCAN_MS
+#define CLAIM_RESCAN_MS 1000
+#endif
+
+static TimestampTz claim_resume_from = DT_NOBEGIN;
+static TimestampTz claim_full_scan_at = DT_NOBEGIN;
+static ArrayType *claim_resume_filter = NULL;	/* NULL: no filter */
+
+/* The run_after to scan from: DT_NOBEGIN for a scan from the start. */
+static TimestampTz
+ClaimScanStart(ArrayType *filter)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	bool		same_filter = (filter == NULL && claim_resume_filter == NULL) ||
+		(filter != NULL && claim_resume_filter != NULL &&
+		 VARSIZE(filter) == VARSIZE(claim_resume_filter) &&
+		 memcmp(filter, claim_resume_filter, VARSIZE(filter)) == 0);
+
+	if (!same_filter || TimestampDifferenceExceeds(claim_full_scan_at, now, CLAIM_RESCAN_MS))
+		return DT_NOBEGIN;
+	return claim_resume_from;
+}
+
+/* After a claim that scanned from `from` and last took a step at `last`. */
+static void
+ClaimScanDone(ArrayType *filter, TimestampTz from, TimestampTz last)
+{
+	if (from == DT_NOBEGIN)
+	{
+		claim_full_scan_at = GetCurrentTransactionStartTimestamp();
+		if (claim_resume_filter != NULL)
+			pfree(claim_resume_filter);
+		claim_resume_filter = NULL;
+		if (filter != NULL)
+		{
+			claim_resume_filter = MemoryContextAlloc(TopMemoryContext, VARSIZE(filter));
+			memcpy(claim_resume_filter, filter, VARSIZE(filter));
+		}
+	}
+	claim_resume_from = last;
+}
+
+/* Run one claim statement from `from`; the number of steps it claimed. */
+static uint64
+RunClaim(const char *worker, ArrayType *filter, int max_steps, TimestampTz from)
+{
+	Datum		one[3] = {CStringGetTextDatum(worker), PointerGetDatum(filter), TimestampTzGetDatum(from)};
+	Datum		many[4] = {one[0], one[1], Int32GetDatum(max_steps), one[2]};
+	char		nulls[4] = {' ', filter == NULL ? 'n' : ' ', ' ', ' '};
+
+	if (max_steps == 1)
+		SagaExec(PLAN_CLAIM, one, nulls, false, 0);
+	else
+		SagaExec(PLAN_CLAIM_MANY, many, nulls, false, 0);
+	return SPI_processed;
+}
+
+/*
  * Claim up to max_steps runnable worker steps into `tupstore`.  Local steps
  * are never handed out: apicore runs them itself (Schedule, and the
  * saga_run_local_steps task for retries).
  */
 static void
-ClaimSteps(const char *worker, Datum definitions, bool no_definitions, int max_steps,
+ClaimSteps(const char *worker, ArrayType *filter, int max_steps,
 		   Tuplestorestate *tupstore, TupleDesc tupdesc)
 {
-	Datum		values[3] = {CStringGetTextDatum(worker), definitions, Int32GetDatum(max_steps)};
-	char		nulls[3] = {' ', no_definitions ? 'n' : ' ', ' '};
+	TimestampTz from = ClaimScanStart(filter);
+	uint64		claimed = RunClaim(worker, filter, max_steps, from);
 
-	SagaExec(max_steps == 1 ? PLAN_CLAIM : PLAN_CLAIM_MANY, values, nulls, false, 0);
-	for (uint64 i = 0; i < SPI_processed; i++)
+	if (claimed == 0 && from != DT_NOBEGIN)
 	{
-		Datum		row[11];
-		bool		row_nulls[11];
+		from = DT_NOBEGIN;
+		claimed = RunClaim(worker, filter, max_steps, from);
+	}
+	if (claimed > 0)
+		ClaimScanDone(filter, from,
+					  DatumGetTimestampTz(ResultValue((int) claimed - 1, CLAIM_RESULT_COLUMNS + 1, NULL)));
+	for (uint64 i = 0; i < claimed; i++)
+	{
+		Datum		row[CLAIM_RESULT_COLUMNS];
+		bool		row_nulls[CLAIM_RESULT_COLUMNS];
 
-		for (int c = 0; c < 11; c++)
+		for (int c = 0; c < CLAIM_RESULT_COLUMNS; c++)
 			row[c] = ResultValue((int) i, c + 1, &row_nulls[c]);
 		tuplestore_putvalues(tupstore, tupdesc, row, row_nulls);
 	}
@@ -1519,7 +1612,7 @@ apicore_saga_claim(PG_FUNCTION_ARGS)
 				 errhint("Claim as many steps as the worker can run before their leases expire.")));
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
-	ClaimSteps(worker, PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1), PG_ARGISNULL(1),
+	ClaimSteps(worker, PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1),
 			   max_steps, rsinfo->setResult, rsinfo->setDesc);
 	SPI_finish();
 	return (Datum) 0;
