@@ -336,7 +336,17 @@ SELECT state FROM apicore.sagas WHERE id = '00000000-0000-0000-0000-0000000000f1
 -- the log stays append-only for the application
 SELECT error_of($$DELETE FROM apicore.saga_transition$$);
 RESET ROLE;
-DROP ROLE saga_app, saga_deployer;
+-- a role that may call the functions but holds no saga table privilege
+-- cannot claim (nor see) a step, whichever way the claim runs
+CREATE ROLE saga_stranger LOGIN;
+GRANT USAGE ON SCHEMA apicore TO saga_stranger;
+SELECT apicore.saga_start('roles', '{}', '00000000-0000-0000-0000-0000000000f2');
+SET ROLE saga_stranger;
+SELECT error_of($$SELECT * FROM apicore.saga_claim('stranger', ARRAY['roles'])$$);
+RESET ROLE;
+SELECT state, attempt FROM apicore.saga_step WHERE saga = '00000000-0000-0000-0000-0000000000f2';
+REVOKE USAGE ON SCHEMA apicore FROM saga_stranger;
+DROP ROLE saga_app, saga_deployer, saga_stranger;
 
 -- clean up
 DELETE FROM apicore.saga_step;
