@@ -346,6 +346,27 @@ SELECT error_of($$SELECT * FROM apicore.saga_claim('stranger', ARRAY['roles'])$$
 RESET ROLE;
 SELECT state, attempt FROM apicore.saga_step WHERE saga = '00000000-0000-0000-0000-0000000000f2';
 REVOKE USAGE ON SCHEMA apicore FROM saga_stranger;
+-- row-level security and BEFORE ROW triggers an operator adds to the saga
+-- tables apply to claims and reports as to any statement
+SELECT apicore.saga_define('guarded', '[{"name": "one"}, {"name": "two"}]');
+SELECT apicore.saga_start('guarded', '{}', '00000000-0000-0000-0000-0000000000e1');
+SELECT apicore.saga_start('guarded', '{}', '00000000-0000-0000-0000-0000000000e2');
+ALTER TABLE apicore.saga_step ENABLE ROW LEVEL SECURITY;
+CREATE POLICY not_e1 ON apicore.saga_step TO saga_app
+  USING (saga <> '00000000-0000-0000-0000-0000000000e1');
+CREATE FUNCTION shop.stamp_worker() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.worker := NEW.worker || ' (stamped)'; RETURN NEW; END $$;
+CREATE TRIGGER stamp_worker BEFORE UPDATE ON apicore.saga_step
+  FOR EACH ROW WHEN (NEW.state = 'claimed') EXECUTE FUNCTION shop.stamp_worker();
+SET ROLE saga_app;
+SELECT saga_id, step FROM apicore.saga_claim('app-worker', ARRAY['guarded']);
+SELECT apicore.saga_step_succeeded('00000000-0000-0000-0000-0000000000e2', 'one', 1);
+RESET ROLE;
+SELECT saga, step, state, worker FROM apicore.saga_step
+ WHERE definition = 'guarded' ORDER BY saga, position;
+DROP TRIGGER stamp_worker ON apicore.saga_step;
+DROP POLICY not_e1 ON apicore.saga_step;
+ALTER TABLE apicore.saga_step DISABLE ROW LEVEL SECURITY;
 DROP ROLE saga_app, saga_deployer, saga_stranger;
 
 -- clean up

@@ -28,9 +28,11 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/sequence.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -49,6 +51,7 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -1072,6 +1075,830 @@ FinishWithState(SagaRow *saga)
 	return result;
 }
 
+/* ---------- the direct paths: a claim and a report without the executor ---------- */
+
+/*
+ * A one-step claim and the common report (a forward step succeeded, the
+ * next is a worker's) are the hot path of every worker.  Through SPI their
+ * plans cost more to start, run and stop than the work they do: together
+ * they took twice the CPU of a hand-written SKIP LOCKED queue.  These paths
+ * do the same work with the table and index access methods, the way logical
+ * replication applies a change (execReplication.c): index scans, tuple
+ * locks, then ExecSimpleRelationUpdate / ExecSimpleRelationInsert, which
+ * check constraints, write the index entries and queue AFTER triggers.
+ *
+ * They apply only where they behave exactly as the SQL: a read-write
+ * transaction, the caller holds the table privileges the statements need,
+ * no row-level security applies, no BEFORE ROW trigger on a table they
+ * write, and the tables are the ones this library knows (0.2.0 columns,
+ * nothing added).  Anywhere else the SQL path runs, which raises the error
+ * or applies the policy.
+ */
+typedef enum StepColumn
+{
+	SC_SAGA, SC_POSITION, SC_DIRECTION, SC_STEP, SC_ACTION, SC_DEFINITION, SC_FUNCTION,
+	SC_STATE, SC_ATTEMPT, SC_MAX_ATTEMPTS, SC_TIMEOUT, SC_BACKOFF, SC_MAX_BACKOFF,
+	SC_RUN_AFTER, SC_LEASE, SC_WORKER, SC_LAST_ERROR, SC_OUTPUT, SC_CREATED_AT,
+	SC_UPDATED_AT, SC_CLAIM_ID, SC_CLAIMED_AT, NUM_STEP_COLUMNS
+} StepColumn;
+
+static const char *const step_columns[NUM_STEP_COLUMNS] = {
+	"saga", "position", "direction", "step", "action", "definition", "function",
+	"state", "attempt", "max_attempts", "timeout", "backoff", "max_backoff",
+	"run_after", "lease_expires_at", "worker", "last_error", "output", "created_at",
+	"updated_at", "claim_id", "claimed_at"
+};
+
+typedef enum SagaColumn
+{
+	GC_ID, GC_DEFINITION, GC_VERSION, GC_STATE, GC_POSITION, GC_DIRECTION, GC_PAYLOAD,
+	GC_CANCEL_REASON, GC_UPDATED_AT, NUM_SAGA_COLUMNS
+} SagaColumn;
+
+static const char *const saga_columns[NUM_SAGA_COLUMNS] = {
+	"id", "definition", "version", "state", "position", "direction", "payload",
+	"cancel_reason", "updated_at"
+};
+
+typedef enum DefColumn
+{
+	DC_NAME, DC_FUNCTION, DC_TIMEOUT, DC_MAX_ATTEMPTS, DC_BACKOFF, DC_MAX_BACKOFF, NUM_DEF_COLUMNS
+} DefColumn;
+
+static const char *const def_columns[NUM_DEF_COLUMNS] = {
+	"name", "function", "timeout", "max_attempts", "backoff", "max_backoff"
+};
+
+typedef enum LogColumn
+{
+	LC_ID, LC_SAGA, LC_STEP, LC_DIRECTION, LC_ATTEMPT, LC_FROM_STATE, LC_TO_STATE, LC_ACTOR,
+	LC_REASON, LC_AT, LC_NEXT_STEP, LC_CLAIM_ID, LC_CLAIMED_AT, LC_CLAIMED_BY, NUM_LOG_COLUMNS
+} LogColumn;
+
+static const char *const log_columns[NUM_LOG_COLUMNS] = {
+	"id", "saga", "step", "direction", "attempt", "from_state", "to_state", "actor",
+	"reason", "at", "next_step", "claim_id", "claimed_at", "claimed_by"
+};
+
+/*
+ * The saga tables, their indexes and the 0-based offsets of their columns:
+ * resolved once per backend and again after any relcache invalidation of
+ * them (ALTER TABLE, DROP EXTENSION, an update of the extension).
+ */
+typedef struct DirectTables
+{
+	bool		resolved;
+	bool		usable;			/* false: the SQL paths apply */
+	Oid			saga;
+	Oid			saga_pkey;
+	Oid			step;
+	Oid			step_pkey;
+	Oid			step_runnable;
+	Oid			def_step;
+	Oid			def_step_pkey;
+	Oid			log;
+	Oid			log_sequence;
+	int			step_col[NUM_STEP_COLUMNS];
+	int			saga_col[NUM_SAGA_COLUMNS];
+	int			def_col[NUM_DEF_COLUMNS];
+	int			log_col[NUM_LOG_COLUMNS];
+} DirectTables;
+
+static DirectTables direct;
+static bool direct_callback_registered = false;
+
+static void
+DirectTablesInvalidate(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == direct.saga || relid == direct.step ||
+		relid == direct.def_step || relid == direct.log)
+		direct.resolved = false;
+}
+
+/* The 0-based offset of column `name` in `desc`; -1 when it has none. */
+static int
+ColumnOffset(TupleDesc desc, const char *name)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return i;
+	}
+	return -1;
+}
+
+/*
+ * Find `names` in table `relid` into `offsets`.  `all`: the table must have
+ * no other column either (a direct insert fills every column).
+ */
+static bool
+FindColumns(Oid relid, const char *const *names, int n, int *offsets, bool all)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			live = 0;
+	bool		found = true;
+
+	for (int i = 0; i < desc->natts; i++)
+		live += TupleDescAttr(desc, i)->attisdropped ? 0 : 1;
+	for (int c = 0; c < n; c++)
+		found &= (offsets[c] = ColumnOffset(desc, names[c])) >= 0;
+	table_close(rel, AccessShareLock);
+	return found && (!all || live == n);
+}
+
+static void
+ResolveDirectTables(void)
+{
+	Oid			nsp = get_namespace_oid("apicore", true);
+
+	if (!direct_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(DirectTablesInvalidate, (Datum) 0);
+		direct_callback_registered = true;
+	}
+	memset(&direct, 0, sizeof(direct));
+	direct.resolved = true;
+	if (!OidIsValid(nsp))
+		return;
+	direct.saga = get_relname_relid("saga", nsp);
+	direct.saga_pkey = get_relname_relid("saga_pkey", nsp);
+	direct.step = get_relname_relid("saga_step", nsp);
+	direct.step_pkey = get_relname_relid("saga_step_pkey", nsp);
+	direct.step_runnable = get_relname_relid("saga_step_runnable", nsp);
+	direct.def_step = get_relname_relid("saga_definition_step", nsp);
+	direct.def_step_pkey = get_relname_relid("saga_definition_step_pkey", nsp);
+	direct.log = get_relname_relid("saga_transition", nsp);
+	direct.log_sequence = get_relname_relid("saga_transition_id_seq", nsp);
+	direct.usable = OidIsValid(direct.saga) && OidIsValid(direct.saga_pkey) &&
+		OidIsValid(direct.step) && OidIsValid(direct.step_pkey) &&
+		OidIsValid(direct.step_runnable) && OidIsValid(direct.def_step) &&
+		OidIsValid(direct.def_step_pkey) && OidIsValid(direct.log) &&
+		OidIsValid(direct.log_sequence) &&
+		FindColumns(direct.step, step_columns, NUM_STEP_COLUMNS, direct.step_col, true) &&
+		FindColumns(direct.saga, saga_columns, NUM_SAGA_COLUMNS, direct.saga_col, false) &&
+		FindColumns(direct.def_step, def_columns, NUM_DEF_COLUMNS, direct.def_col, false) &&
+		FindColumns(direct.log, log_columns, NUM_LOG_COLUMNS, direct.log_col, true);
+}
+
+/* The caller may do `mode` on `rel` as SQL would, with no row-level security. */
+static bool
+MayDirectly(Oid rel, AclMode mode)
+{
+	for (AclMode bit = 1; bit <= mode; bit <<= 1)
+		if ((mode & bit) && pg_class_aclcheck(rel, GetUserId(), bit) != ACLCHECK_OK)
+			return false;
+	return check_enable_rls(rel, InvalidOid, true) != RLS_ENABLED;
+}
+
+/* The direct paths apply in this transaction, for this role. */
+static bool
+DirectApplies(bool report)
+{
+	/* read-only transactions and standbys: the executor raises 25006 */
+	if (XactReadOnly || IsInParallelMode())
+		return false;
+	if (!direct.resolved)
+		ResolveDirectTables();
+	if (!direct.usable)
+		return false;
+	if (!report)
+		return MayDirectly(direct.step, ACL_SELECT | ACL_UPDATE) && MayDirectly(direct.saga, ACL_SELECT);
+	return MayDirectly(direct.step, ACL_SELECT | ACL_UPDATE | ACL_INSERT) &&
+		MayDirectly(direct.saga, ACL_SELECT | ACL_UPDATE) &&
+		MayDirectly(direct.def_step, ACL_SELECT) && MayDirectly(direct.log, ACL_INSERT);
+}
+
+/*
+ * A table opened for the direct paths to insert into (and update, when
+ * `updates`); *ok = false when a BEFORE ROW trigger of those would run.
+ */
+static Relation
+OpenDirect(Oid relid, bool updates, bool *ok)
+{
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	TriggerDesc *triggers = rel->trigdesc;
+
+	if (triggers && (triggers->trig_insert_before_row || (updates && triggers->trig_update_before_row)))
+		*ok = false;
+	return rel;
+}
+
+/* As a statement of its own: it sees what this transaction did before. */
+static Snapshot
+BeginDirect(void)
+{
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	return GetActiveSnapshot();
+}
+
+static void
+EndDirect(void)
+{
+	PopActiveSnapshot();
+	CommandCounterIncrement();
+}
+
+/*
+ * The executor state ExecSimpleRelation* need for writing `rels`, with
+ * their indexes open and AFTER triggers collected (the foreign key of saga).
+ */
+static EState *
+BeginDirectWrite(Relation *rels, int n, ResultRelInfo **rris, Snapshot snapshot)
+{
+	EState	   *estate = CreateExecutorState();
+	List	   *range_table = NIL;
+
+	for (int i = 0; i < n; i++)
+	{
+		RangeTblEntry *rte = makeNode(RangeTblEntry);
+
+		rte->rtekind = RTE_RELATION;
+		rte->relid = RelationGetRelid(rels[i]);
+		rte->relkind = RELKIND_RELATION;
+		rte->rellockmode = RowExclusiveLock;
+		range_table = lappend(range_table, rte);
+	}
+	ExecInitRangeTable(estate, range_table);
+	for (int i = 0; i < n; i++)
+	{
+		rris[i] = makeNode(ResultRelInfo);
+		InitResultRelInfo(rris[i], rels[i], i + 1, NULL, 0);
+		ExecOpenIndices(rris[i], false);
+	}
+	estate->es_output_cid = GetCurrentCommandId(true);
+	estate->es_snapshot = snapshot;
+	AfterTriggerBeginQuery();
+	return estate;
+}
+
+static void
+EndDirectWrite(EState *estate, ResultRelInfo **rris, int n)
+{
+	AfterTriggerEndQuery(estate);
+	for (int i = 0; i < n; i++)
+		ExecCloseIndices(rris[i]);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+}
+
+static bool
+TextEquals(Datum value, const char *expected)
+{
+	text	   *t = DatumGetTextPP(value);
+
+	return VARSIZE_ANY_EXHDR(t) == strlen(expected) &&
+		memcmp(VARDATA_ANY(t), expected, VARSIZE_ANY_EXHDR(t)) == 0;
+}
+
+/* text equality under the columns' deterministic collation: the bytes */
+static bool
+TextsEqual(Datum a, Datum b)
+{
+	text	   *x = DatumGetTextPP(a);
+	text	   *y = DatumGetTextPP(b);
+
+	return VARSIZE_ANY_EXHDR(x) == VARSIZE_ANY_EXHDR(y) &&
+		memcmp(VARDATA_ANY(x), VARDATA_ANY(y), VARSIZE_ANY_EXHDR(x)) == 0;
+}
+
+/*
+ * Lock the row in `slot` (found by `snapshot`) as UPDATE or FOR UPDATE
+ * would, following it to its latest version in READ COMMITTED.  TM_Ok with
+ * the latest version in `slot`, or the failure (never TM_Updated in READ
+ * COMMITTED; an error in REPEATABLE READ, as the executor raises).
+ */
+static TM_Result
+LockRow(Relation rel, Snapshot snapshot, TupleTableSlot *slot, LockTupleMode mode,
+		LockWaitPolicy wait, bool *traversed)
+{
+	TM_FailureData tmfd;
+	TM_Result	result;
+	int			flags = TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS |
+		(IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION);
+
+	result = table_tuple_lock(rel, &slot->tts_tid, snapshot, slot, GetCurrentCommandId(false),
+							  mode, wait, flags, &tmfd);
+	if (result == TM_Updated && IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent update")));
+	if (result == TM_Invisible)
+		elog(ERROR, "apicore: attempted to lock an invisible saga row");
+	*traversed = tmfd.traversed;
+	slot_getallattrs(slot);
+	return result;
+}
+
+/* Scan `index` of `rel` for rows whose leading key columns equal `values`. */
+static IndexScanDesc
+BeginKeyScan(Relation rel, Relation index, Snapshot snapshot, int nkeys, const Oid *procs,
+			 const Datum *values, ScanKeyData *keys)
+{
+	IndexScanDesc scan = index_beginscan(rel, index, snapshot, nkeys, 0);
+
+	for (int k = 0; k < nkeys; k++)
+	{
+		ScanKeyInit(&keys[k], k + 1, BTEqualStrategyNumber, procs[k], values[k]);
+		keys[k].sk_collation = index->rd_indcollation[k];
+	}
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	return scan;
+}
+
+/* The row of `rel` whose primary key `index` is `values`, into `slot`. */
+static bool
+FetchByKey(Relation rel, Oid index_oid, Snapshot snapshot, int nkeys, const Oid *procs,
+		   const Datum *values, TupleTableSlot *slot)
+{
+	Relation	index = index_open(index_oid, AccessShareLock);
+	ScanKeyData keys[3];
+	IndexScanDesc scan = BeginKeyScan(rel, index, snapshot, nkeys, procs, values, keys);
+	bool		found = index_getnext_slot(scan, ForwardScanDirection, slot);
+
+	if (found)
+		slot_getallattrs(slot);
+	index_endscan(scan);
+	index_close(index, NoLock);
+	return found;
+}
+
+/* A copy of `from` in the virtual slot `to`, to be changed and written. */
+static void
+CopyValues(TupleTableSlot *to, TupleTableSlot *from)
+{
+	int			natts = from->tts_tupleDescriptor->natts;
+
+	ExecClearTuple(to);
+	memcpy(to->tts_values, from->tts_values, sizeof(Datum) * natts);
+	memcpy(to->tts_isnull, from->tts_isnull, sizeof(bool) * natts);
+}
+
+static void
+SetValue(TupleTableSlot *slot, int offset, Datum value, bool isnull)
+{
+	slot->tts_values[offset] = value;
+	slot->tts_isnull[offset] = isnull;
+}
+
+/* ----- the direct claim ----- */
+
+static bool
+InFilter(Datum definition, ArrayType *filter)
+{
+	Datum	   *names;
+	bool	   *nulls;
+	int			n;
+
+	if (filter == NULL)
+		return true;
+	deconstruct_array(filter, TEXTOID, -1, false, TYPALIGN_INT, &names, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i] && TextsEqual(definition, names[i]))
+			return true;
+	return false;
+}
+
+/* The step row qualifies for CLAIMABLE_SQL's WHERE clause. */
+static bool
+Claimable(TupleTableSlot *slot, ArrayType *filter, TimestampTz from, TimestampTz now)
+{
+	Datum	   *v = slot->tts_values;
+	bool	   *null = slot->tts_isnull;
+	const int  *col = direct.step_col;
+	TimestampTz run_after;
+
+	slot_getallattrs(slot);
+	if (null[col[SC_STATE]] || !TextEquals(v[col[SC_STATE]], "runnable") ||
+		!null[col[SC_FUNCTION]] || null[col[SC_RUN_AFTER]])
+		return false;
+	run_after = DatumGetTimestampTz(v[col[SC_RUN_AFTER]]);
+	return run_after >= from && run_after <= now && InFilter(v[col[SC_DEFINITION]], filter);
+}
+
+/*
+ * Lock the oldest claimable step into `slot`, skipping rows another claim
+ * holds and rechecking a row that changed, as FOR UPDATE SKIP LOCKED does
+ * (ExecLockRows).  False: none.
+ */
+static bool
+LockOldestClaimable(Relation step, Snapshot snapshot, ArrayType *filter, TimestampTz from,
+					TupleTableSlot *slot)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	Relation	index = index_open(direct.step_runnable, RowExclusiveLock);
+	ScanKeyData keys[2];
+	IndexScanDesc scan = index_beginscan(step, index, snapshot, 2, 0);
+	bool		locked = false;
+
+	ScanKeyInit(&keys[0], 1, BTGreaterEqualStrategyNumber, F_TIMESTAMP_GE, TimestampTzGetDatum(from));
+	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_TIMESTAMP_LE, TimestampTzGetDatum(now));
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (!locked && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		traversed;
+
+		/* not TM_Ok (locked by another claim, gone): skip it */
+		if (Claimable(slot, filter, from, now) &&
+			LockRow(step, snapshot, slot, LockTupleExclusive, LockWaitSkip, &traversed) == TM_Ok)
+			locked = !traversed || Claimable(slot, filter, from, now);
+	}
+	index_endscan(scan);
+	index_close(index, NoLock);
+	return locked;
+}
+
+/* The claimed version of the locked row: CLAIM_SET_SQL. */
+static void
+StoreClaimedVersion(TupleTableSlot *old, TupleTableSlot *claimed, const char *worker)
+{
+	const int  *col = direct.step_col;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+	CopyValues(claimed, old);
+	SetValue(claimed, col[SC_STATE], CStringGetTextDatum("claimed"), false);
+	SetValue(claimed, col[SC_ATTEMPT], Int32GetDatum(DatumGetInt32(old->tts_values[col[SC_ATTEMPT]]) + 1), false);
+	SetValue(claimed, col[SC_WORKER], CStringGetTextDatum(worker), false);
+	SetValue(claimed, col[SC_LEASE], DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now),
+														 old->tts_values[col[SC_TIMEOUT]]), false);
+	SetValue(claimed, col[SC_UPDATED_AT], TimestampTzGetDatum(now), false);
+	SetValue(claimed, col[SC_CLAIM_ID], Int64GetDatum(nextval_internal(direct.log_sequence, true)), false);
+	SetValue(claimed, col[SC_CLAIMED_AT], TimestampTzGetDatum(GetCurrentTimestamp()), false);
+	ExecStoreVirtualTuple(claimed);
+}
+
+/* OUTPUTS_SQL: the output of each forward step of the saga that succeeded. */
+static Datum
+SagaOutputs(Relation step, Snapshot snapshot, Datum saga)
+{
+	static const Oid procs[1] = {F_UUID_EQ};
+	const int  *col = direct.step_col;
+	Relation	index = index_open(direct.step_pkey, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(step, NULL);
+	ScanKeyData key;
+	IndexScanDesc scan = BeginKeyScan(step, index, snapshot, 1, procs, &saga, &key);
+	JsonbParseState *state = NULL;
+	JsonbValue *result;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		JsonbValue	name;
+		JsonbValue	output;
+
+		slot_getallattrs(slot);
+		if (!TextEquals(slot->tts_values[col[SC_DIRECTION]], "forward") ||
+			!TextEquals(slot->tts_values[col[SC_STATE]], "succeeded"))
+			continue;
+		name.type = jbvString;
+		name.val.string.val = TextDatumGetCString(slot->tts_values[col[SC_STEP]]);
+		name.val.string.len = strlen(name.val.string.val);
+		pushJsonbValue(&state, WJB_KEY, &name);
+		output.type = jbvNull;
+		if (!slot->tts_isnull[col[SC_OUTPUT]])
+		{
+			Jsonb	   *jb = DatumGetJsonbP(slot->tts_values[col[SC_OUTPUT]]);
+
+			output.type = jbvBinary;
+			output.val.binary.data = &jb->root;
+			output.val.binary.len = VARSIZE(jb) - VARHDRSZ;
+		}
+		pushJsonbValue(&state, WJB_VALUE, &output);
+	}
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	index_endscan(scan);
+	index_close(index, NoLock);
+	ExecDropSingleTupleTableSlot(slot);
+	return JsonbPGetDatum(JsonbValueToJsonb(result));
+}
+
+/* The claim's result row, as CLAIM_RETURNING_SQL. */
+static void
+PutClaimRow(Relation step, Snapshot snapshot, TupleTableSlot *claimed,
+			Tuplestorestate *tupstore, TupleDesc tupdesc)
+{
+	static const Oid procs[1] = {F_UUID_EQ};
+	const int  *col = direct.step_col;
+	Datum	   *v = claimed->tts_values;
+	Relation	saga = table_open(direct.saga, AccessShareLock);
+	TupleTableSlot *saga_row = table_slot_create(saga, NULL);
+	Datum		row[CLAIM_RESULT_COLUMNS];
+	bool		nulls[CLAIM_RESULT_COLUMNS] = {0};
+
+	/* CLAIM_ONE_SQL joins the saga: a step without one is not claimed */
+	if (!FetchByKey(saga, direct.saga_pkey, snapshot, 1, procs, &v[col[SC_SAGA]], saga_row))
+		elog(ERROR, "apicore: a claimable step belongs to no saga");
+	row[0] = v[col[SC_SAGA]];
+	row[1] = saga_row->tts_values[direct.saga_col[GC_DEFINITION]];
+	row[2] = saga_row->tts_values[direct.saga_col[GC_VERSION]];
+	row[3] = v[col[SC_STEP]];
+	row[4] = v[col[SC_DIRECTION]];
+	row[5] = v[col[SC_ATTEMPT]];
+	row[6] = saga_row->tts_values[direct.saga_col[GC_PAYLOAD]];
+	row[7] = SagaOutputs(step, snapshot, v[col[SC_SAGA]]);
+	row[8] = CStringGetTextDatum(psprintf("%s:%s:%s",
+										  DatumGetCString(DirectFunctionCall1(uuid_out, v[col[SC_SAGA]])),
+										  TextDatumGetCString(v[col[SC_STEP]]),
+										  TextDatumGetCString(v[col[SC_DIRECTION]])));
+	row[9] = v[col[SC_LEASE]];
+	row[10] = v[col[SC_ACTION]];
+	tuplestore_putvalues(tupstore, tupdesc, row, nulls);
+	ExecDropSingleTupleTableSlot(saga_row);
+	table_close(saga, NoLock);
+}
+
+/*
+ * Claim one step directly into `tupstore`, scanning from `from`: 1 when it
+ * claimed a step (its run_after in *run_after), 0 when none is claimable,
+ * -1 when the SQL path applies.
+ */
+static int
+ClaimOneDirectly(const char *worker, ArrayType *filter, TimestampTz from,
+				 Tuplestorestate *tupstore, TupleDesc tupdesc, TimestampTz *run_after)
+{
+	bool		ok = true;
+	Relation	step;
+	Snapshot	snapshot;
+	TupleTableSlot *locked;
+	TupleTableSlot *claimed;
+	int			result = 0;
+
+	if (!DirectApplies(false))
+		return -1;
+	step = OpenDirect(direct.step, true, &ok);
+	if (!ok)
+	{
+		table_close(step, NoLock);
+		return -1;
+	}
+	snapshot = BeginDirect();
+	locked = table_slot_create(step, NULL);
+	claimed = MakeSingleTupleTableSlot(RelationGetDescr(step), &TTSOpsVirtual);
+	if (LockOldestClaimable(step, snapshot, filter, from, locked))
+	{
+		ResultRelInfo *rri;
+		EState	   *estate = BeginDirectWrite(&step, 1, &rri, snapshot);
+
+		StoreClaimedVersion(locked, claimed, worker);
+		ExecSimpleRelationUpdate(rri, estate, NULL, locked, claimed);
+		EndDirectWrite(estate, &rri, 1);
+		PutClaimRow(step, snapshot, claimed, tupstore, tupdesc);
+		*run_after = DatumGetTimestampTz(claimed->tts_values[direct.step_col[SC_RUN_AFTER]]);
+		result = 1;
+	}
+	ExecDropSingleTupleTableSlot(claimed);
+	ExecDropSingleTupleTableSlot(locked);
+	EndDirect();
+	table_close(step, NoLock);
+	return result;
+}
+
+/* ----- the direct report ----- */
+
+/* The saga runs forward and is not being cancelled: a report may move it. */
+static bool
+SagaMovable(TupleTableSlot *row)
+{
+	const int  *col = direct.saga_col;
+
+	return TextEquals(row->tts_values[col[GC_STATE]], "running") &&
+		row->tts_isnull[col[GC_CANCEL_REASON]] &&
+		TextEquals(row->tts_values[col[GC_DIRECTION]], "forward");
+}
+
+/*
+ * Lock a row found by `snapshot` that `qualifies`, as UPDATE does: the
+ * condition is tested first (a row that does not qualify is not waited
+ * for), then the row is locked and, when it changed meanwhile, its latest
+ * version tested again (EvalPlanQual).
+ */
+static bool
+LockIfQualifies(Relation rel, Snapshot snapshot, TupleTableSlot *row, bool (*qualifies) (TupleTableSlot *, void *),
+				void *arg)
+{
+	bool		traversed;
+
+	return qualifies(row, arg) &&
+		LockRow(rel, snapshot, row, LockTupleNoKeyExclusive, LockWaitBlock, &traversed) == TM_Ok &&
+		(!traversed || qualifies(row, arg));
+}
+
+static bool
+SagaMovableTest(TupleTableSlot *row, void *arg)
+{
+	return SagaMovable(row);
+}
+
+/* Lock the saga of a report: false unless it runs forward, not being cancelled. */
+static bool
+LockRunningSaga(Relation saga, Snapshot snapshot, Datum id, TupleTableSlot *row)
+{
+	static const Oid procs[1] = {F_UUID_EQ};
+
+	return FetchByKey(saga, direct.saga_pkey, snapshot, 1, procs, &id, row) &&
+		LockIfQualifies(saga, snapshot, row, SagaMovableTest, NULL);
+}
+
+/* The definition's step after the saga's current one, when it is a worker's. */
+static bool
+FetchNextWorkerStep(Relation def, Snapshot snapshot, TupleTableSlot *saga_row, TupleTableSlot *row)
+{
+	static const Oid procs[3] = {F_TEXTEQ, F_INT4EQ, F_INT4EQ};
+	const int  *col = direct.saga_col;
+	Datum		key[3] = {saga_row->tts_values[col[GC_DEFINITION]], saga_row->tts_values[col[GC_VERSION]],
+	Int32GetDatum(DatumGetInt32(saga_row->tts_values[col[GC_POSITION]]) + 1)};
+
+	return FetchByKey(def, direct.def_step_pkey, snapshot, 3, procs, key, row) &&
+		row->tts_isnull[direct.def_col[DC_FUNCTION]];
+}
+
+/* What a report names: a step and the attempt that claimed it. */
+typedef struct ReportedRun
+{
+	Datum		step;
+	int32		attempt;
+} ReportedRun;
+
+static bool
+RunClaimedAsReported(TupleTableSlot *row, void *arg)
+{
+	ReportedRun *reported = arg;
+	const int  *col = direct.step_col;
+
+	return TextEquals(row->tts_values[col[SC_STATE]], "claimed") &&
+		DatumGetInt32(row->tts_values[col[SC_ATTEMPT]]) == reported->attempt &&
+		TextsEqual(row->tts_values[col[SC_STEP]], reported->step);
+}
+
+/* Lock the reported run: the saga's current forward step, named and claimed as reported. */
+static bool
+LockClaimedRun(Relation step, Snapshot snapshot, TupleTableSlot *saga_row, ReportedRun *reported,
+			   TupleTableSlot *row)
+{
+	static const Oid procs[3] = {F_UUID_EQ, F_INT4EQ, F_TEXTEQ};
+	Datum		key[3] = {saga_row->tts_values[direct.saga_col[GC_ID]],
+	saga_row->tts_values[direct.saga_col[GC_POSITION]], CStringGetTextDatum("forward")};
+
+	return FetchByKey(step, direct.step_pkey, snapshot, 3, procs, key, row) &&
+		LockIfQualifies(step, snapshot, row, RunClaimedAsReported, reported);
+}
+
+/* The next run's row, as PLAN_FAST_SUCCEED's INSERT with the table's defaults. */
+static void
+StoreNextRun(TupleTableSlot *slot, TupleTableSlot *saga_row, TupleTableSlot *def_row)
+{
+	const int  *col = direct.step_col;
+	const int  *def = direct.def_col;
+	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+
+	ExecClearTuple(slot);
+	for (int c = 0; c < NUM_STEP_COLUMNS; c++)
+		SetValue(slot, col[c], (Datum) 0, true);
+	SetValue(slot, col[SC_SAGA], saga_row->tts_values[direct.saga_col[GC_ID]], false);
+	SetValue(slot, col[SC_POSITION],
+			 Int32GetDatum(DatumGetInt32(saga_row->tts_values[direct.saga_col[GC_POSITION]]) + 1), false);
+	SetValue(slot, col[SC_DIRECTION], CStringGetTextDatum("forward"), false);
+	SetValue(slot, col[SC_STEP], def_row->tts_values[def[DC_NAME]], false);
+	SetValue(slot, col[SC_ACTION], def_row->tts_values[def[DC_NAME]], false);
+	SetValue(slot, col[SC_DEFINITION], saga_row->tts_values[direct.saga_col[GC_DEFINITION]], false);
+	SetValue(slot, col[SC_STATE], CStringGetTextDatum("runnable"), false);
+	SetValue(slot, col[SC_ATTEMPT], Int32GetDatum(0), false);
+	SetValue(slot, col[SC_MAX_ATTEMPTS], def_row->tts_values[def[DC_MAX_ATTEMPTS]], false);
+	SetValue(slot, col[SC_TIMEOUT], def_row->tts_values[def[DC_TIMEOUT]], false);
+	SetValue(slot, col[SC_BACKOFF], def_row->tts_values[def[DC_BACKOFF]], false);
+	SetValue(slot, col[SC_MAX_BACKOFF], def_row->tts_values[def[DC_MAX_BACKOFF]], false);
+	SetValue(slot, col[SC_RUN_AFTER], now, false);
+	SetValue(slot, col[SC_CREATED_AT], now, false);
+	SetValue(slot, col[SC_UPDATED_AT], now, false);
+	ExecStoreVirtualTuple(slot);
+}
+
+/* The report's one log row: the run's claim, its success and the next run runnable. */
+static void
+StoreSuccessLog(TupleTableSlot *slot, TupleTableSlot *run, TupleTableSlot *def_row)
+{
+	const int  *col = direct.log_col;
+	const int  *sc = direct.step_col;
+
+	ExecClearTuple(slot);
+	for (int c = 0; c < NUM_LOG_COLUMNS; c++)
+		SetValue(slot, col[c], (Datum) 0, true);
+	/* the identity column's sequence, which checks no privilege either */
+	SetValue(slot, col[LC_ID], Int64GetDatum(nextval_internal(direct.log_sequence, false)), false);
+	SetValue(slot, col[LC_SAGA], run->tts_values[sc[SC_SAGA]], false);
+	SetValue(slot, col[LC_STEP], run->tts_values[sc[SC_STEP]], false);
+	SetValue(slot, col[LC_DIRECTION], CStringGetTextDatum("forward"), false);
+	SetValue(slot, col[LC_ATTEMPT], run->tts_values[sc[SC_ATTEMPT]], false);
+	SetValue(slot, col[LC_FROM_STATE], CStringGetTextDatum("claimed"), false);
+	SetValue(slot, col[LC_TO_STATE], CStringGetTextDatum("succeeded"), false);
+	SetValue(slot, col[LC_ACTOR], run->tts_values[sc[SC_WORKER]], run->tts_isnull[sc[SC_WORKER]]);
+	SetValue(slot, col[LC_AT], TimestampTzGetDatum(GetCurrentTimestamp()), false);
+	SetValue(slot, col[LC_NEXT_STEP], def_row->tts_values[direct.def_col[DC_NAME]], false);
+	SetValue(slot, col[LC_CLAIM_ID], run->tts_values[sc[SC_CLAIM_ID]], run->tts_isnull[sc[SC_CLAIM_ID]]);
+	SetValue(slot, col[LC_CLAIMED_AT], run->tts_values[sc[SC_CLAIMED_AT]], run->tts_isnull[sc[SC_CLAIMED_AT]]);
+	SetValue(slot, col[LC_CLAIMED_BY], run->tts_values[sc[SC_WORKER]], run->tts_isnull[sc[SC_WORKER]]);
+	ExecStoreVirtualTuple(slot);
+}
+
+/*
+ * Write the report: the run succeeded, the saga moves to the next step, the
+ * next run is runnable, one log row (PLAN_FAST_SUCCEED's four writes).
+ */
+static void
+WriteSuccess(Relation *rels, Snapshot snapshot, TupleTableSlot *saga_row, TupleTableSlot *run,
+			 TupleTableSlot *def_row, Datum output, bool output_null)
+{
+	ResultRelInfo *rris[3];
+	EState	   *estate = BeginDirectWrite(rels, 3, rris, snapshot);
+	TupleTableSlot *saga_new = ExecInitExtraTupleSlot(estate, RelationGetDescr(rels[0]), &TTSOpsVirtual);
+	TupleTableSlot *run_new = ExecInitExtraTupleSlot(estate, RelationGetDescr(rels[1]), &TTSOpsVirtual);
+	TupleTableSlot *next_run = ExecInitExtraTupleSlot(estate, RelationGetDescr(rels[1]), &TTSOpsVirtual);
+	TupleTableSlot *log_row = ExecInitExtraTupleSlot(estate, RelationGetDescr(rels[2]), &TTSOpsVirtual);
+	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	const int  *sc = direct.step_col;
+
+	CopyValues(saga_new, saga_row);
+	SetValue(saga_new, direct.saga_col[GC_POSITION],
+			 Int32GetDatum(DatumGetInt32(saga_row->tts_values[direct.saga_col[GC_POSITION]]) + 1), false);
+	SetValue(saga_new, direct.saga_col[GC_UPDATED_AT], now, false);
+	ExecStoreVirtualTuple(saga_new);
+	ExecSimpleRelationUpdate(rris[0], estate, NULL, saga_row, saga_new);
+
+	CopyValues(run_new, run);
+	SetValue(run_new, sc[SC_STATE], CStringGetTextDatum("succeeded"), false);
+	SetValue(run_new, sc[SC_OUTPUT], output, output_null);
+	SetValue(run_new, sc[SC_LEASE], (Datum) 0, true);
+	SetValue(run_new, sc[SC_UPDATED_AT], now, false);
+	ExecStoreVirtualTuple(run_new);
+	ExecSimpleRelationUpdate(rris[1], estate, NULL, run, run_new);
+
+	StoreNextRun(next_run, saga_row, def_row);
+	ExecSimpleRelationInsert(rris[1], estate, next_run);
+	StoreSuccessLog(log_row, run, def_row);
+	ExecSimpleRelationInsert(rris[2], estate, log_row);
+	EndDirectWrite(estate, rris, 3);
+}
+
+/*
+ * The common report directly: a running saga's forward step succeeded and
+ * the next step is a worker's.  1: done; 0: not that case, nothing written
+ * (the general path raises or handles it); -1: the SQL paths apply.  The
+ * saga row is locked first, then the step's, as everywhere in this file.
+ */
+static int
+SucceedDirectly(FunctionCallInfo fcinfo)
+{
+	bool		ok = true;
+	Relation	rels[3];
+	Relation	def;
+	Snapshot	snapshot;
+	TupleTableSlot *saga_row;
+	TupleTableSlot *run;
+	TupleTableSlot *def_row;
+	ReportedRun reported;
+	int			result = 0;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || !DirectApplies(true))
+		return -1;
+	reported.step = PG_GETARG_DATUM(1);
+	reported.attempt = PG_GETARG_INT32(2);
+	rels[0] = OpenDirect(direct.saga, true, &ok);
+	rels[1] = OpenDirect(direct.step, true, &ok);
+	rels[2] = OpenDirect(direct.log, false, &ok);
+	def = table_open(direct.def_step, AccessShareLock);
+	if (ok)
+	{
+		snapshot = BeginDirect();
+		saga_row = table_slot_create(rels[0], NULL);
+		run = table_slot_create(rels[1], NULL);
+		def_row = table_slot_create(def, NULL);
+		if (LockRunningSaga(rels[0], snapshot, PG_GETARG_DATUM(0), saga_row) &&
+			FetchNextWorkerStep(def, snapshot, saga_row, def_row) &&
+			LockClaimedRun(rels[1], snapshot, saga_row, &reported, run))
+		{
+			SagaRow		saga = {.id = *PG_GETARG_UUID_P(0)};
+
+			WriteSuccess(rels, snapshot, saga_row, run, def_row,
+						 PG_ARGISNULL(3) ? (Datum) 0 : PointerGetDatum(PG_DETOAST_DATUM(PG_GETARG_DATUM(3))),
+						 PG_ARGISNULL(3));
+			NotifyRunnable(&saga, TextDatumGetCString(saga_row->tts_values[direct.saga_col[GC_DEFINITION]]),
+						   TextDatumGetCString(def_row->tts_values[direct.def_col[DC_NAME]]));
+			result = 1;
+		}
+		ExecDropSingleTupleTableSlot(def_row);
+		ExecDropSingleTupleTableSlot(run);
+		ExecDropSingleTupleTableSlot(saga_row);
+		EndDirect();
+	}
+	table_close(def, NoLock);
+	for (int i = 0; i < 3; i++)
+		table_close(rels[i], NoLock);
+	return ok ? result : -1;
+}
+
 /* The one-statement path of PLAN_FAST_SUCCEED; false when it does not apply. */
 static bool
 FastSucceed(FunctionCallInfo fcinfo)
@@ -1099,9 +1926,13 @@ apicore_saga_step_succeeded(PG_FUNCTION_ARGS)
 	SagaRow    *saga;
 	StepRun    *run;
 	Datum		output = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	int			direct_result;
 
+	direct_result = SucceedDirectly(fcinfo);
+	if (direct_result == 1)
+		PG_RETURN_TEXT_P(cstring_to_text("running"));
 	SPI_connect();
-	if (FastSucceed(fcinfo))
+	if (direct_result < 0 && FastSucceed(fcinfo))
 	{
 		SPI_finish();
 		PG_RETURN_TEXT_P(cstring_to_text("running"));
@@ -1556,401 +2387,6 @@ ClaimScanDone(ArrayType *filter, TimestampTz from, TimestampTz last)
 		}
 	}
 	claim_resume_from = last;
-}
-
-/* ---------- saga_claim: the one-step claim without the executor ---------- */
-
-/*
- * A one-step claim is the hot path of every worker, and through SPI its
- * plan cost more to start, run and stop than the work it does (the claim
- * took three times the CPU of a hand-written SKIP LOCKED claim).  This path
- * does the same work with the table and index access methods, the way
- * logical replication applies a change (execReplication.c): an ordered scan
- * of saga_step_runnable, a SKIP LOCKED tuple lock, the update through
- * ExecSimpleRelationUpdate (constraints and index entries), then the saga's
- * payload and outputs by primary key.
- *
- * It applies only where it behaves exactly as PLAN_CLAIM: a read-write
- * transaction, the caller holds the table privileges the statement needs,
- * no row-level security or trigger applies to saga_step or saga, and the
- * tables have the 0.2.0 claim columns.  Anywhere else the claim takes the
- * SQL path, which raises the error or applies the policy.
- */
-typedef enum ClaimColumn
-{
-	CC_SAGA, CC_POSITION, CC_DIRECTION, CC_STEP, CC_ACTION, CC_DEFINITION, CC_FUNCTION,
-	CC_STATE, CC_ATTEMPT, CC_TIMEOUT, CC_RUN_AFTER, CC_LEASE, CC_WORKER, CC_UPDATED_AT,
-	CC_CLAIM_ID, CC_CLAIMED_AT, CC_OUTPUT, NUM_CLAIM_COLUMNS
-} ClaimColumn;
-
-static const char *const claim_column_names[NUM_CLAIM_COLUMNS] = {
-	"saga", "position", "direction", "step", "action", "definition", "function",
-	"state", "attempt", "timeout", "run_after", "lease_expires_at", "worker", "updated_at",
-	"claim_id", "claimed_at", "output"
-};
-
-typedef struct DirectClaim
-{
-	Oid			step_rel;
-	Oid			runnable_index;
-	Oid			step_pkey;
-	Oid			saga_rel;
-	Oid			saga_pkey;
-	Oid			claim_sequence;
-	int			col[NUM_CLAIM_COLUMNS];	/* 0-based column offsets in saga_step */
-} DirectClaim;
-
-static bool
-MayDirectly(Oid rel, AclMode mode)
-{
-	return OidIsValid(rel) &&
-		pg_class_aclcheck(rel, GetUserId(), mode) == ACLCHECK_OK &&
-		check_enable_rls(rel, InvalidOid, true) != RLS_ENABLED;
-}
-
-/* The 0-based offset of column `name` in `desc`; -1 when it has none. */
-static int
-ColumnOffset(TupleDesc desc, const char *name)
-{
-	for (int i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
-			return i;
-	}
-	return -1;
-}
-
-/* Find saga_step's columns; false: the SQL path applies. */
-static bool
-DirectClaimApplies(DirectClaim *dc, Relation step)
-{
-	if (step->trigdesc != NULL)
-		return false;
-	for (int c = 0; c < NUM_CLAIM_COLUMNS; c++)
-	{
-		dc->col[c] = ColumnOffset(RelationGetDescr(step), claim_column_names[c]);
-		if (dc->col[c] < 0)
-			return false;		/* tables older than this library: the SQL path raises */
-	}
-	return true;
-}
-
-static bool
-ResolveDirectClaim(DirectClaim *dc)
-{
-	Oid			nsp;
-
-	/* read-only transactions and standbys: the executor raises 25006 */
-	if (XactReadOnly || IsInParallelMode())
-		return false;
-	nsp = get_namespace_oid("apicore", true);
-	if (!OidIsValid(nsp))
-		return false;
-	dc->step_rel = get_relname_relid("saga_step", nsp);
-	dc->runnable_index = get_relname_relid("saga_step_runnable", nsp);
-	dc->step_pkey = get_relname_relid("saga_step_pkey", nsp);
-	dc->saga_rel = get_relname_relid("saga", nsp);
-	dc->saga_pkey = get_relname_relid("saga_pkey", nsp);
-	dc->claim_sequence = get_relname_relid("saga_transition_id_seq", nsp);
-	return MayDirectly(dc->step_rel, ACL_SELECT) && MayDirectly(dc->step_rel, ACL_UPDATE) &&
-		MayDirectly(dc->saga_rel, ACL_SELECT) &&
-		OidIsValid(dc->runnable_index) && OidIsValid(dc->step_pkey) &&
-		OidIsValid(dc->saga_pkey) && OidIsValid(dc->claim_sequence);
-}
-
-static bool
-TextEquals(Datum value, const char *expected)
-{
-	text	   *t = DatumGetTextPP(value);
-
-	return VARSIZE_ANY_EXHDR(t) == strlen(expected) &&
-		memcmp(VARDATA_ANY(t), expected, VARSIZE_ANY_EXHDR(t)) == 0;
-}
-
-static bool
-InFilter(Datum definition, ArrayType *filter)
-{
-	Datum	   *names;
-	bool	   *nulls;
-	int			n;
-	text	   *def = DatumGetTextPP(definition);
-
-	if (filter == NULL)
-		return true;
-	deconstruct_array(filter, TEXTOID, -1, false, TYPALIGN_INT, &names, &nulls, &n);
-	/* text equality under the column's deterministic collation: the bytes */
-	for (int i = 0; i < n; i++)
-	{
-		text	   *name = DatumGetTextPP(names[i]);
-
-		if (!nulls[i] && VARSIZE_ANY_EXHDR(name) == VARSIZE_ANY_EXHDR(def) &&
-			memcmp(VARDATA_ANY(name), VARDATA_ANY(def), VARSIZE_ANY_EXHDR(def)) == 0)
-			return true;
-	}
-	return false;
-}
-
-/* The row still qualifies for PLAN_CLAIM's WHERE clause (rechecked after a lock). */
-static bool
-Claimable(DirectClaim *dc, TupleTableSlot *slot, ArrayType *filter, TimestampTz from, TimestampTz now)
-{
-	TimestampTz run_after;
-
-	slot_getallattrs(slot);
-	if (slot->tts_isnull[dc->col[CC_STATE]] || !TextEquals(slot->tts_values[dc->col[CC_STATE]], "runnable") ||
-		!slot->tts_isnull[dc->col[CC_FUNCTION]] || slot->tts_isnull[dc->col[CC_RUN_AFTER]])
-		return false;
-	run_after = DatumGetTimestampTz(slot->tts_values[dc->col[CC_RUN_AFTER]]);
-	return run_after >= from && run_after <= now &&
-		InFilter(slot->tts_values[dc->col[CC_DEFINITION]], filter);
-}
-
-/*
- * Lock the oldest claimable step into `slot`, skipping rows another claim
- * holds, as FOR UPDATE SKIP LOCKED would (ExecLockRows).  False: none.
- */
-static bool
-LockOldestClaimable(DirectClaim *dc, Relation step, Snapshot snapshot, ArrayType *filter,
-					TimestampTz from, TupleTableSlot *slot)
-{
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	Relation	index = index_open(dc->runnable_index, RowExclusiveLock);
-	ScanKeyData keys[2];
-	IndexScanDesc scan;
-	bool		locked = false;
-	int			flags = TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS |
-		(IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION);
-
-	ScanKeyInit(&keys[0], 1, BTGreaterEqualStrategyNumber, F_TIMESTAMP_GE, TimestampTzGetDatum(from));
-	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_TIMESTAMP_LE, TimestampTzGetDatum(now));
-	scan = index_beginscan(step, index, snapshot, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
-	while (!locked && index_getnext_slot(scan, ForwardScanDirection, slot))
-	{
-		TM_FailureData tmfd;
-		TM_Result	result;
-
-		if (!Claimable(dc, slot, filter, from, now))
-			continue;
-		result = table_tuple_lock(step, &slot->tts_tid, snapshot, slot, GetCurrentCommandId(false),
-								  LockTupleExclusive, LockWaitSkip, flags, &tmfd);
-		if (result == TM_Ok)
-			locked = !tmfd.traversed || Claimable(dc, slot, filter, from, now);
-		else if (result == TM_Updated && IsolationUsesXactSnapshot())
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent update")));
-		else if (result == TM_Invisible)
-			elog(ERROR, "apicore: attempted to lock an invisible saga step");
-		/* TM_WouldBlock, TM_Deleted, TM_SelfModified: skip it, as LockRows does */
-	}
-	index_endscan(scan);
-	index_close(index, NoLock);
-	return locked;
-}
-
-/* The claimed version of the locked row: PLAN_CLAIM's SET list. */
-static void
-StoreClaimedVersion(DirectClaim *dc, TupleTableSlot *old, TupleTableSlot *claimed, const char *worker)
-{
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-
-	slot_getallattrs(old);		/* the lock stored the row afresh */
-	ExecClearTuple(claimed);
-	memcpy(claimed->tts_values, old->tts_values, sizeof(Datum) * old->tts_tupleDescriptor->natts);
-	memcpy(claimed->tts_isnull, old->tts_isnull, sizeof(bool) * old->tts_tupleDescriptor->natts);
-	claimed->tts_values[dc->col[CC_STATE]] = CStringGetTextDatum("claimed");
-	claimed->tts_values[dc->col[CC_ATTEMPT]] =
-		Int32GetDatum(DatumGetInt32(old->tts_values[dc->col[CC_ATTEMPT]]) + 1);
-	claimed->tts_values[dc->col[CC_WORKER]] = CStringGetTextDatum(worker);
-	claimed->tts_isnull[dc->col[CC_WORKER]] = false;
-	claimed->tts_values[dc->col[CC_LEASE]] =
-		DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now),
-							old->tts_values[dc->col[CC_TIMEOUT]]);
-	claimed->tts_isnull[dc->col[CC_LEASE]] = false;
-	claimed->tts_values[dc->col[CC_UPDATED_AT]] = TimestampTzGetDatum(now);
-	claimed->tts_values[dc->col[CC_CLAIM_ID]] = Int64GetDatum(nextval_internal(dc->claim_sequence, true));
-	claimed->tts_isnull[dc->col[CC_CLAIM_ID]] = false;
-	claimed->tts_values[dc->col[CC_CLAIMED_AT]] = TimestampTzGetDatum(GetCurrentTimestamp());
-	claimed->tts_isnull[dc->col[CC_CLAIMED_AT]] = false;
-	ExecStoreVirtualTuple(claimed);
-}
-
-/* Write the claimed version over the locked row, with its index entries. */
-static void
-UpdateLockedStep(Relation step, Snapshot snapshot, TupleTableSlot *locked, TupleTableSlot *claimed)
-{
-	EState	   *estate = CreateExecutorState();
-	RangeTblEntry *rte = makeNode(RangeTblEntry);
-	ResultRelInfo *rri = makeNode(ResultRelInfo);
-
-	rte->rtekind = RTE_RELATION;
-	rte->relid = RelationGetRelid(step);
-	rte->relkind = RELKIND_RELATION;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
-	InitResultRelInfo(rri, step, 1, NULL, 0);
-	estate->es_output_cid = GetCurrentCommandId(true);
-	estate->es_snapshot = snapshot;
-	ExecOpenIndices(rri, false);
-	ExecSimpleRelationUpdate(rri, estate, NULL, locked, claimed);
-	ExecCloseIndices(rri);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
-}
-
-/* Scan `index` of `rel` for rows whose first key column equals the uuid `id`. */
-static IndexScanDesc
-BeginUuidScan(Relation rel, Relation index, Snapshot snapshot, Datum id, ScanKeyData *key)
-{
-	IndexScanDesc scan = index_beginscan(rel, index, snapshot, 1, 0);
-
-	ScanKeyInit(key, 1, BTEqualStrategyNumber, F_UUID_EQ, id);
-	index_rescan(scan, key, 1, NULL, 0);
-	return scan;
-}
-
-/* OUTPUTS_SQL: the output of each forward step of the saga that succeeded. */
-static Datum
-SagaOutputs(DirectClaim *dc, Relation step, Snapshot snapshot, Datum saga)
-{
-	Relation	index = index_open(dc->step_pkey, AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(step, NULL);
-	ScanKeyData key;
-	IndexScanDesc scan = BeginUuidScan(step, index, snapshot, saga, &key);
-	JsonbParseState *state = NULL;
-	JsonbValue *result;
-
-	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	while (index_getnext_slot(scan, ForwardScanDirection, slot))
-	{
-		JsonbValue	name;
-		JsonbValue	output;
-
-		slot_getallattrs(slot);
-		if (!TextEquals(slot->tts_values[dc->col[CC_DIRECTION]], "forward") ||
-			!TextEquals(slot->tts_values[dc->col[CC_STATE]], "succeeded"))
-			continue;
-		name.type = jbvString;
-		name.val.string.val = TextDatumGetCString(slot->tts_values[dc->col[CC_STEP]]);
-		name.val.string.len = strlen(name.val.string.val);
-		pushJsonbValue(&state, WJB_KEY, &name);
-		if (slot->tts_isnull[dc->col[CC_OUTPUT]])
-			output.type = jbvNull;
-		else
-		{
-			Jsonb	   *jb = DatumGetJsonbP(slot->tts_values[dc->col[CC_OUTPUT]]);
-
-			output.type = jbvBinary;
-			output.val.binary.data = &jb->root;
-			output.val.binary.len = VARSIZE(jb) - VARHDRSZ;
-		}
-		pushJsonbValue(&state, WJB_VALUE, &output);
-	}
-	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	index_endscan(scan);
-	index_close(index, NoLock);
-	ExecDropSingleTupleTableSlot(slot);
-	return JsonbPGetDatum(JsonbValueToJsonb(result));
-}
-
-/* Column `name` of a deformed slot. */
-static Datum
-SlotColumn(TupleTableSlot *slot, const char *name, bool *isnull)
-{
-	int			offset = ColumnOffset(slot->tts_tupleDescriptor, name);
-
-	if (offset < 0)
-		elog(ERROR, "apicore: saga table has no column \"%s\"", name);
-	*isnull = slot->tts_isnull[offset];
-	return slot->tts_values[offset];
-}
-
-/* The claim's result row: saga_claim's columns, as CLAIM_RETURNING_SQL. */
-static void
-PutClaimRow(DirectClaim *dc, Relation step, Snapshot snapshot, TupleTableSlot *claimed,
-			Tuplestorestate *tupstore, TupleDesc tupdesc)
-{
-	Datum	   *v = claimed->tts_values;
-	Relation	saga = table_open(dc->saga_rel, AccessShareLock);
-	Relation	saga_pkey = index_open(dc->saga_pkey, AccessShareLock);
-	TupleTableSlot *saga_row = table_slot_create(saga, NULL);
-	ScanKeyData key;
-	IndexScanDesc scan = BeginUuidScan(saga, saga_pkey, snapshot, v[dc->col[CC_SAGA]], &key);
-	Datum		row[CLAIM_RESULT_COLUMNS];
-	bool		nulls[CLAIM_RESULT_COLUMNS] = {0};
-	bool		found = index_getnext_slot(scan, ForwardScanDirection, saga_row);
-
-	if (!found)					/* the inner join of CLAIM_ONE_SQL: no saga, no claim */
-		elog(ERROR, "apicore: claimed step of a saga that does not exist");
-	row[0] = v[dc->col[CC_SAGA]];
-	slot_getallattrs(saga_row);
-	row[1] = SlotColumn(saga_row, "definition", &nulls[1]);
-	row[2] = SlotColumn(saga_row, "version", &nulls[2]);
-	row[3] = v[dc->col[CC_STEP]];
-	row[4] = v[dc->col[CC_DIRECTION]];
-	row[5] = v[dc->col[CC_ATTEMPT]];
-	row[6] = SlotColumn(saga_row, "payload", &nulls[6]);
-	row[7] = SagaOutputs(dc, step, snapshot, v[dc->col[CC_SAGA]]);
-	row[8] = CStringGetTextDatum(psprintf("%s:%s:%s",
-										  DatumGetCString(DirectFunctionCall1(uuid_out, v[dc->col[CC_SAGA]])),
-										  TextDatumGetCString(v[dc->col[CC_STEP]]),
-										  TextDatumGetCString(v[dc->col[CC_DIRECTION]])));
-	row[9] = v[dc->col[CC_LEASE]];
-	row[10] = v[dc->col[CC_ACTION]];
-	tuplestore_putvalues(tupstore, tupdesc, row, nulls);
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(saga_row);
-	index_close(saga_pkey, NoLock);
-	table_close(saga, NoLock);
-}
-
-/*
- * Claim one step directly into `tupstore`, scanning from `from`: 1 when it
- * claimed a step (its run_after in *run_after), 0 when none is claimable,
- * -1 when the SQL path applies.
- */
-static int
-ClaimOneDirectly(const char *worker, ArrayType *filter, TimestampTz from,
-				 Tuplestorestate *tupstore, TupleDesc tupdesc, TimestampTz *run_after)
-{
-	DirectClaim dc;
-	Relation	step;
-	Snapshot	snapshot;
-	TupleTableSlot *locked;
-	TupleTableSlot *claimed;
-	int			result = 0;
-
-	if (!ResolveDirectClaim(&dc))
-		return -1;
-	step = table_open(dc.step_rel, RowExclusiveLock);
-	if (!DirectClaimApplies(&dc, step))
-	{
-		table_close(step, NoLock);
-		return -1;
-	}
-	/* as a statement of its own: it sees what this transaction did before */
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	snapshot = GetActiveSnapshot();
-	locked = table_slot_create(step, NULL);
-	claimed = MakeSingleTupleTableSlot(RelationGetDescr(step), &TTSOpsVirtual);
-	if (LockOldestClaimable(&dc, step, snapshot, filter, from, locked))
-	{
-		StoreClaimedVersion(&dc, locked, claimed, worker);
-		UpdateLockedStep(step, snapshot, locked, claimed);
-		PutClaimRow(&dc, step, snapshot, claimed, tupstore, tupdesc);
-		*run_after = DatumGetTimestampTz(claimed->tts_values[dc.col[CC_RUN_AFTER]]);
-		result = 1;
-	}
-	ExecDropSingleTupleTableSlot(claimed);
-	ExecDropSingleTupleTableSlot(locked);
-	PopActiveSnapshot();
-	table_close(step, NoLock);
-	CommandCounterIncrement();
-	return result;
 }
 
 /*
