@@ -1389,7 +1389,8 @@ LockRow(Relation rel, Snapshot snapshot, TupleTableSlot *slot, LockTupleMode mod
 	if (result == TM_Invisible)
 		elog(ERROR, "apicore: attempted to lock an invisible saga row");
 	*traversed = tmfd.traversed;
-	slot_getallattrs(slot);
+	if (result == TM_Ok)
+		slot_getallattrs(slot);	/* the lock stored the row afresh */
 	return result;
 }
 
