@@ -1322,7 +1322,11 @@ BeginDirectWrite(Relation *rels, int n, ResultRelInfo **rris, Snapshot snapshot)
 		rte->rellockmode = RowExclusiveLock;
 		range_table = lappend(range_table, rte);
 	}
+#if PG_VERSION_NUM >= 160000
+	ExecInitRangeTable(estate, range_table, NIL);	/* 16 moved permissions out */
+#else
 	ExecInitRangeTable(estate, range_table);
+#endif
 	for (int i = 0; i < n; i++)
 	{
 		rris[i] = makeNode(ResultRelInfo);
