@@ -1273,7 +1273,9 @@ DirectApplies(bool report)
 
 /*
  * A table opened for the direct paths to insert into (and update, when
- * `updates`); *ok = false when a BEFORE ROW trigger of those would run.
+ * `updates`); *ok = false when a BEFORE ROW trigger of those would run, or
+ * when a saga table changed since DirectApplies (open the tables only read
+ * before the written ones, so that this sees their invalidations too).
  */
 static Relation
 OpenDirect(Oid relid, bool updates, bool *ok)
@@ -1282,6 +1284,8 @@ OpenDirect(Oid relid, bool updates, bool *ok)
 	TriggerDesc *triggers = rel->trigdesc;
 
 	if (triggers && (triggers->trig_insert_before_row || (updates && triggers->trig_update_before_row)))
+		*ok = false;
+	if (!direct.resolved)
 		*ok = false;
 	return rel;
 }
@@ -1582,13 +1586,12 @@ SagaOutputs(Relation step, Snapshot snapshot, Datum saga)
 
 /* The claim's result row, as CLAIM_RETURNING_SQL. */
 static void
-PutClaimRow(Relation step, Snapshot snapshot, TupleTableSlot *claimed,
+PutClaimRow(Relation step, Relation saga, Snapshot snapshot, TupleTableSlot *claimed,
 			Tuplestorestate *tupstore, TupleDesc tupdesc)
 {
 	static const Oid procs[1] = {F_UUID_EQ};
 	const int  *col = direct.step_col;
 	Datum	   *v = claimed->tts_values;
-	Relation	saga = table_open(direct.saga, AccessShareLock);
 	TupleTableSlot *saga_row = table_slot_create(saga, NULL);
 	Datum		row[CLAIM_RESULT_COLUMNS];
 	bool		nulls[CLAIM_RESULT_COLUMNS] = {0};
@@ -1612,7 +1615,6 @@ PutClaimRow(Relation step, Snapshot snapshot, TupleTableSlot *claimed,
 	row[10] = v[col[SC_ACTION]];
 	tuplestore_putvalues(tupstore, tupdesc, row, nulls);
 	ExecDropSingleTupleTableSlot(saga_row);
-	table_close(saga, NoLock);
 }
 
 /*
@@ -1625,6 +1627,7 @@ ClaimOneDirectly(const char *worker, ArrayType *filter, TimestampTz from,
 				 Tuplestorestate *tupstore, TupleDesc tupdesc, TimestampTz *run_after)
 {
 	bool		ok = true;
+	Relation	saga;
 	Relation	step;
 	Snapshot	snapshot;
 	TupleTableSlot *locked;
@@ -1633,10 +1636,12 @@ ClaimOneDirectly(const char *worker, ArrayType *filter, TimestampTz from,
 
 	if (!DirectApplies(false))
 		return -1;
+	saga = table_open(direct.saga, AccessShareLock);
 	step = OpenDirect(direct.step, true, &ok);
 	if (!ok)
 	{
 		table_close(step, NoLock);
+		table_close(saga, NoLock);
 		return -1;
 	}
 	snapshot = BeginDirect();
@@ -1650,7 +1655,7 @@ ClaimOneDirectly(const char *worker, ArrayType *filter, TimestampTz from,
 		StoreClaimedVersion(locked, claimed, worker);
 		ExecSimpleRelationUpdate(rri, estate, NULL, locked, claimed);
 		EndDirectWrite(estate, &rri, 1);
-		PutClaimRow(step, snapshot, claimed, tupstore, tupdesc);
+		PutClaimRow(step, saga, snapshot, claimed, tupstore, tupdesc);
 		*run_after = DatumGetTimestampTz(claimed->tts_values[direct.step_col[SC_RUN_AFTER]]);
 		result = 1;
 	}
@@ -1658,6 +1663,7 @@ ClaimOneDirectly(const char *worker, ArrayType *filter, TimestampTz from,
 	ExecDropSingleTupleTableSlot(locked);
 	EndDirect();
 	table_close(step, NoLock);
+	table_close(saga, NoLock);
 	return result;
 }
 
@@ -1870,10 +1876,10 @@ SucceedDirectly(FunctionCallInfo fcinfo)
 		return -1;
 	reported.step = PG_GETARG_DATUM(1);
 	reported.attempt = PG_GETARG_INT32(2);
+	def = table_open(direct.def_step, AccessShareLock);
 	rels[0] = OpenDirect(direct.saga, true, &ok);
 	rels[1] = OpenDirect(direct.step, true, &ok);
 	rels[2] = OpenDirect(direct.log, false, &ok);
-	def = table_open(direct.def_step, AccessShareLock);
 	if (ok)
 	{
 		snapshot = BeginDirect();
