@@ -61,6 +61,12 @@ extern ErrorData *ApicoreTrySubtransaction(void (*body) (void *arg), void *arg);
  */
 extern HTAB *ApicoreBackendHash(const char *name, Size keysize, Size entrysize);
 
+/*
+ * Two texts are equal under a deterministic collation (every column and
+ * argument apicore compares): the same bytes.
+ */
+extern bool ApicoreTextEqual(const text *a, const text *b);
+
 /* Capability entry points (one per file). */
 extern void WorkerInit(void);
 extern void WorkerShmemRequest(void);

@@ -400,13 +400,6 @@ KeyLockTag(LOCKTAG *tag, text *scope, text *key)
 
 /* ---------- pending keys and transaction callbacks ---------- */
 
-static bool
-TextEqual(text *a, text *b)
-{
-	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
-		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
-}
-
 static PendingKey *
 FindPending(text *scope, text *key)
 {
@@ -416,7 +409,7 @@ FindPending(text *scope, text *key)
 	{
 		PendingKey *p = lfirst(lc);
 
-		if (TextEqual(p->scope, scope) && TextEqual(p->key, key))
+		if (ApicoreTextEqual(p->scope, scope) && ApicoreTextEqual(p->key, key))
 			return p;
 	}
 	return NULL;

@@ -1175,20 +1175,6 @@ DirectTablesInvalidate(Datum arg, Oid relid)
 		direct.resolved = false;
 }
 
-/* The 0-based offset of column `name` in `desc`; -1 when it has none. */
-static int
-ColumnOffset(TupleDesc desc, const char *name)
-{
-	for (int i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
-			return i;
-	}
-	return -1;
-}
-
 /*
  * Find `names` in table `relid` into `offsets`.  `all`: the table must have
  * no other column either (a direct insert fills every column).
@@ -1204,7 +1190,7 @@ FindColumns(Oid relid, const char *const *names, int n, int *offsets, bool all)
 	for (int i = 0; i < desc->natts; i++)
 		live += TupleDescAttr(desc, i)->attisdropped ? 0 : 1;
 	for (int c = 0; c < n; c++)
-		found &= (offsets[c] = ColumnOffset(desc, names[c])) >= 0;
+		found &= (offsets[c] = get_attnum(relid, names[c]) - 1) >= 0;
 	table_close(rel, AccessShareLock);
 	return found && (!all || live == n);
 }
@@ -1247,10 +1233,8 @@ ResolveDirectTables(void)
 static bool
 MayDirectly(Oid rel, AclMode mode)
 {
-	for (AclMode bit = 1; bit <= mode; bit <<= 1)
-		if ((mode & bit) && pg_class_aclcheck(rel, GetUserId(), bit) != ACLCHECK_OK)
-			return false;
-	return check_enable_rls(rel, InvalidOid, true) != RLS_ENABLED;
+	return pg_class_aclmask(rel, GetUserId(), mode, ACLMASK_ALL) == mode &&
+		check_enable_rls(rel, InvalidOid, true) != RLS_ENABLED;
 }
 
 /* The direct paths apply in this transaction, for this role. */
@@ -1362,17 +1346,6 @@ TextEquals(Datum value, const char *expected)
 		memcmp(VARDATA_ANY(t), expected, VARSIZE_ANY_EXHDR(t)) == 0;
 }
 
-/* text equality under the columns' deterministic collation: the bytes */
-static bool
-TextsEqual(Datum a, Datum b)
-{
-	text	   *x = DatumGetTextPP(a);
-	text	   *y = DatumGetTextPP(b);
-
-	return VARSIZE_ANY_EXHDR(x) == VARSIZE_ANY_EXHDR(y) &&
-		memcmp(VARDATA_ANY(x), VARDATA_ANY(y), VARSIZE_ANY_EXHDR(x)) == 0;
-}
-
 /*
  * Lock the row in `slot` (found by `snapshot`) as UPDATE or FOR UPDATE
  * would, following it to its latest version in READ COMMITTED.  TM_Ok with
@@ -1455,25 +1428,31 @@ SetValue(TupleTableSlot *slot, int offset, Datum value, bool isnull)
 
 /* ----- the direct claim ----- */
 
-static bool
-InFilter(Datum definition, ArrayType *filter)
+/* What a claim may take: CLAIMABLE_SQL's WHERE clause, its filter unpacked once. */
+typedef struct ClaimScope
 {
-	Datum	   *names;
-	bool	   *nulls;
-	int			n;
+	TimestampTz from;
+	TimestampTz now;
+	int			ndefinitions;	/* -1: no filter */
+	Datum	   *definitions;
+	bool	   *definition_nulls;
+} ClaimScope;
 
-	if (filter == NULL)
+static bool
+InFilter(Datum definition, const ClaimScope *scope)
+{
+	if (scope->ndefinitions < 0)
 		return true;
-	deconstruct_array(filter, TEXTOID, -1, false, TYPALIGN_INT, &names, &nulls, &n);
-	for (int i = 0; i < n; i++)
-		if (!nulls[i] && TextsEqual(definition, names[i]))
+	for (int i = 0; i < scope->ndefinitions; i++)
+		if (!scope->definition_nulls[i] &&
+			ApicoreTextEqual(DatumGetTextPP(definition), DatumGetTextPP(scope->definitions[i])))
 			return true;
 	return false;
 }
 
 /* The step row qualifies for CLAIMABLE_SQL's WHERE clause. */
 static bool
-Claimable(TupleTableSlot *slot, ArrayType *filter, TimestampTz from, TimestampTz now)
+Claimable(TupleTableSlot *slot, const ClaimScope *scope)
 {
 	Datum	   *v = slot->tts_values;
 	bool	   *null = slot->tts_isnull;
@@ -1485,7 +1464,8 @@ Claimable(TupleTableSlot *slot, ArrayType *filter, TimestampTz from, TimestampTz
 		!null[col[SC_FUNCTION]] || null[col[SC_RUN_AFTER]])
 		return false;
 	run_after = DatumGetTimestampTz(v[col[SC_RUN_AFTER]]);
-	return run_after >= from && run_after <= now && InFilter(v[col[SC_DEFINITION]], filter);
+	return run_after >= scope->from && run_after <= scope->now &&
+		InFilter(v[col[SC_DEFINITION]], scope);
 }
 
 /*
@@ -1497,23 +1477,26 @@ static bool
 LockOldestClaimable(Relation step, Snapshot snapshot, ArrayType *filter, TimestampTz from,
 					TupleTableSlot *slot)
 {
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	ClaimScope	scope = {.from = from, .now = GetCurrentTransactionStartTimestamp(), .ndefinitions = -1};
 	Relation	index = index_open(direct.step_runnable, RowExclusiveLock);
 	ScanKeyData keys[2];
 	IndexScanDesc scan = index_beginscan(step, index, snapshot, 2, 0);
 	bool		locked = false;
 
+	if (filter != NULL)
+		deconstruct_array(filter, TEXTOID, -1, false, TYPALIGN_INT,
+						  &scope.definitions, &scope.definition_nulls, &scope.ndefinitions);
 	ScanKeyInit(&keys[0], 1, BTGreaterEqualStrategyNumber, F_TIMESTAMP_GE, TimestampTzGetDatum(from));
-	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_TIMESTAMP_LE, TimestampTzGetDatum(now));
+	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_TIMESTAMP_LE, TimestampTzGetDatum(scope.now));
 	index_rescan(scan, keys, 2, NULL, 0);
 	while (!locked && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		bool		traversed;
 
 		/* not TM_Ok (locked by another claim, gone): skip it */
-		if (Claimable(slot, filter, from, now) &&
+		if (Claimable(slot, &scope) &&
 			LockRow(step, snapshot, slot, LockTupleExclusive, LockWaitSkip, &traversed) == TM_Ok)
-			locked = !traversed || Claimable(slot, filter, from, now);
+			locked = !traversed || Claimable(slot, &scope);
 	}
 	index_endscan(scan);
 	index_close(index, NoLock);
@@ -1741,7 +1724,7 @@ RunClaimedAsReported(TupleTableSlot *row, void *arg)
 
 	return TextEquals(row->tts_values[col[SC_STATE]], "claimed") &&
 		DatumGetInt32(row->tts_values[col[SC_ATTEMPT]]) == reported->attempt &&
-		TextsEqual(row->tts_values[col[SC_STEP]], reported->step);
+		ApicoreTextEqual(DatumGetTextPP(row->tts_values[col[SC_STEP]]), DatumGetTextPP(reported->step));
 }
 
 /* Lock the reported run: the saga's current forward step, named and claimed as reported. */
@@ -2408,8 +2391,8 @@ static uint64
 ClaimFrom(const char *worker, ArrayType *filter, int max_steps, TimestampTz from,
 		  Tuplestorestate *tupstore, TupleDesc tupdesc, TimestampTz *last)
 {
-	Datum		one[3] = {CStringGetTextDatum(worker), PointerGetDatum(filter), TimestampTzGetDatum(from)};
-	Datum		many[4] = {one[0], one[1], Int32GetDatum(max_steps), one[2]};
+	Datum		one[3];
+	Datum		many[4];
 	char		nulls[4] = {' ', filter == NULL ? 'n' : ' ', ' ', ' '};
 	uint64		claimed;
 
@@ -2419,10 +2402,12 @@ ClaimFrom(const char *worker, ArrayType *filter, int max_steps, TimestampTz from
 
 		if (direct >= 0)
 			return direct;
-		SagaExec(PLAN_CLAIM, one, nulls, false, 0);
 	}
-	else
-		SagaExec(PLAN_CLAIM_MANY, many, nulls, false, 0);
+	one[0] = many[0] = CStringGetTextDatum(worker);
+	one[1] = many[1] = PointerGetDatum(filter);
+	one[2] = many[3] = TimestampTzGetDatum(from);
+	many[2] = Int32GetDatum(max_steps);
+	SagaExec(max_steps == 1 ? PLAN_CLAIM : PLAN_CLAIM_MANY, max_steps == 1 ? one : many, nulls, false, 0);
 	claimed = SPI_processed;
 	for (uint64 i = 0; i < claimed; i++)
 	{
