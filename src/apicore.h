@@ -67,6 +67,25 @@ extern HTAB *ApicoreBackendHash(const char *name, Size keysize, Size entrysize);
  */
 extern bool ApicoreTextEqual(const text *a, const text *b);
 
+/*
+ * Switching identity (identity.c): the only way apicore runs code as another
+ * role.  ApicoreBecome switches to `role` under SECURITY_RESTRICTED_OPERATION
+ * (plus extra_sec_context, e.g. SECURITY_NOFORCE_RLS) with search_path =
+ * pg_catalog, pg_temp in a new GUC nest level; ApicoreRestore undoes both.
+ * An error between the two is unwound by the (sub)transaction abort.
+ */
+typedef struct ApicoreIdentity
+{
+	Oid			saved_user;
+	int			saved_sec;
+	int			guc_nest;
+} ApicoreIdentity;
+
+extern void ApicoreBecome(ApicoreIdentity *id, Oid role, int extra_sec_context);
+extern void ApicoreRestore(ApicoreIdentity *id);
+extern Oid	ApicoreRelationOwner(Oid relid);
+extern Oid	ApicoreOwner(void);
+
 /* Capability entry points (one per file). */
 extern void WorkerInit(void);
 extern void WorkerShmemRequest(void);
