@@ -42,7 +42,7 @@ SB_BIN       := $(SANDBOX)$(PG_BINDIR)
 SB_PGXS      := $(SANDBOX)$(PG_PKGLIBDIR)/pgxs
 REGRESS_CONF := $(CURDIR)/test/regress.conf
 
-.PHONY: sandbox regress isolation tap test fuzz bench demo valgrind
+.PHONY: sandbox regress isolation tap test fuzz sqlsmith bench demo valgrind
 
 sandbox: all
 	rm -rf $(SANDBOX)
@@ -75,6 +75,10 @@ test:
 
 fuzz:
 	test/fuzz/run
+
+# Random SQL (sqlsmith) as an application role against every capability in use.
+sqlsmith: $(if $(SANDBOX_READY),,sandbox)
+	test/sqlsmith/run
 
 bench: sandbox
 	test/bench/run
