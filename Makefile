@@ -63,9 +63,12 @@ isolation: $(if $(SANDBOX_READY),,sandbox)
 	  --inputdir=test --outputdir=tmp_check/isolation_out --load-extension=apicore \
 	  --dbname=isolation_regression $(ISOLATION)
 
+# Logs land in tmp_check/tap/tmp_check/log on every version: 15 derives the
+# place from TESTDIR, 17 and later take TESTDATADIR and TESTLOGDIR.
 tap: sandbox
 	rm -rf tmp_check/tap && mkdir -p tmp_check/tap
-	TESTDIR='$(CURDIR)/tmp_check/tap' PATH="$(SB_BIN):$$PATH" PGPORT=65432 \
+	TESTDIR='$(CURDIR)/tmp_check/tap' TESTDATADIR='$(CURDIR)/tmp_check/tap/tmp_check' \
+	  TESTLOGDIR='$(CURDIR)/tmp_check/tap/tmp_check/log' PATH="$(SB_BIN):$$PATH" PGPORT=65432 \
 	  PG_REGRESS='$(SB_PGXS)/src/test/regress/pg_regress' \
 	  $(PROVE) -I $(SB_PGXS)/src/test/perl -I test/t $(PROVE_FLAGS) $(TAP_TESTS)
 

@@ -17,6 +17,11 @@ drop_root() {
     (cd "$root" && tar --exclude=./tmp_check --exclude=./.git -cf - .) | tar -xf - -C "$work"
     chown -R pgtest: "$work"
     echo "running as user pgtest in $work"
-    exec runuser -u pgtest -- env BENCH_SECONDS="${BENCH_SECONDS:-}" BENCH_CLIENTS="${BENCH_CLIENTS:-}" \
-        FUZZ_SECONDS="${FUZZ_SECONDS:-}" "$work/$rel" "$@"
+    local rc=0
+    runuser -u pgtest -- env BENCH_SECONDS="${BENCH_SECONDS:-}" BENCH_CLIENTS="${BENCH_CLIENTS:-}" \
+        FUZZ_SECONDS="${FUZZ_SECONDS:-}" SQLSMITH_QUERIES="${SQLSMITH_QUERIES:-}" \
+        ${PG_CONFIG:+PG_CONFIG="$PG_CONFIG"} "$work/$rel" "$@" || rc=$?
+    # the scratch copy holds a build and a sandbox: do not leave it behind
+    [ -n "${APICORE_KEEP_WORK:-}" ] || rm -rf "$work"
+    exit $rc
 }
