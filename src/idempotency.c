@@ -639,6 +639,8 @@ CheckStoredRow(text *scope, text *key, Datum *values, bool *nulls)
 {
 	int32		attempt;
 	bytea	   *fp;
+	Interval   *lease;
+	Interval	longest = {0};
 
 	for (int i = 0; i < lengthof(required_columns); i++)
 		if (COLUMN(nulls, required_columns[i]))
@@ -646,6 +648,11 @@ CheckStoredRow(text *scope, text *key, Datum *values, bool *nulls)
 	attempt = DatumGetInt32(COLUMN(values, COL_ATTEMPT));
 	if (attempt < 1 || attempt == PG_INT32_MAX)
 		DamagedRow(scope, key, psprintf("attempt %d is out of range", attempt));
+	/* a lease is at most the largest apicore.idempotency_max_ttl: renewing it cannot overflow */
+	lease = DatumGetIntervalP(COLUMN(values, COL_LEASE));
+	longest.time = (int64) INT_MAX * USECS_PER_SEC;
+	if (!IntervalIsPositive(lease) || IntervalExceeds(lease, &longest))
+		DamagedRow(scope, key, "the lease is not between 0 and the largest apicore.idempotency_max_ttl");
 	if (!COLUMN(nulls, COL_FINGERPRINT))
 	{
 		fp = DatumGetByteaPP(COLUMN(values, COL_FINGERPRINT));
