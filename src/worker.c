@@ -12,6 +12,12 @@
  *
  * Capabilities add tasks by inserting a row in their install fragment; this
  * file never needs to change for a new task.
+ *
+ * The worker connects as the bootstrap superuser, but runs nothing as it:
+ * the task list is read as the task table's owner, and each task, after its
+ * function is checked, as the function's owner (ApicoreBecome: security-
+ * restricted, search_path = pg_catalog, pg_temp).  run_maintenance() does
+ * the same whoever calls it.  Only apicore's owner can write the task table.
  */
 #include "postgres.h"
 
