@@ -16,6 +16,130 @@
 
 \echo Use "ALTER EXTENSION apicore UPDATE" to load this file. \quit
 
+-- ---------- core (maintenance, idempotency, cursors): least privilege ----------
+-- Tasks are written by apicore's owner only and run as their function's owner;
+-- the worker view and the stats view are for monitoring; maintenance-only
+-- functions are not for PUBLIC; SQL run as another role names its operators.
+REVOKE ALL ON apicore.maintenance_task FROM PUBLIC;
+REVOKE ALL ON FUNCTION apicore.maintenance_workers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.maintenance_workers() TO pg_monitor;
+GRANT SELECT ON apicore.maintenance_workers TO pg_monitor;
+CREATE OR REPLACE VIEW apicore.idempotency_stats AS
+    SELECT c.proceed, c.replay, c.conflict, c.mismatch, c.takeover,
+           (SELECT count(*) FROM apicore.idempotency_key) AS rows,
+           (SELECT count(*) FROM pg_catalog.pg_inherits
+             WHERE inhparent OPERATOR(pg_catalog.=) 'apicore.idempotency_key'::pg_catalog.regclass) AS partitions
+      FROM apicore._idempotency_counters() c;
+GRANT SELECT ON apicore.idempotency_stats TO pg_monitor;
+CREATE OR REPLACE FUNCTION apicore._idempotency_partitions()
+    RETURNS TABLE (partition regclass, lower_bound timestamptz, upper_bound timestamptz)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog
+AS $$
+    SELECT c.oid::regclass, b[1]::timestamptz, b[2]::timestamptz
+      FROM pg_inherits i
+      JOIN pg_class c ON c.oid = i.inhrelid,
+           regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                        $re$FROM \('([^']*)'\) TO \('([^']*)'\)$re$) AS b
+     WHERE i.inhparent OPERATOR(pg_catalog.=) 'apicore.idempotency_key'::pg_catalog.regclass
+       AND b IS NOT NULL
+     ORDER BY 2
+$$;
+CREATE OR REPLACE FUNCTION apicore._idempotency_maintain()
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog
+    SET lock_timeout = '200ms'
+AS $$
+DECLARE
+    s        record;
+    p        record;
+    step     double precision;
+    lo       timestamptz;
+    hi       timestamptz;
+    horizon  timestamptz;
+    edge     timestamptz;
+    lows     timestamptz[];
+    highs    timestamptz[];
+    created  int := 0;
+    dropped  int := 0;
+    truncated int := 0;
+    skipped  int := 0;
+    moved    bigint := 0;
+    purged   bigint := 0;
+BEGIN
+    SELECT * INTO s FROM apicore._idempotency_settings();
+    step := extract(epoch FROM s.partition_interval);
+
+    -- Dropping a partition needs ACCESS EXCLUSIVE on the parent, which every
+    -- open transaction that looked a key up holds in ACCESS SHARE: try briefly,
+    -- as lookups queue behind the waiting DROP.  Failing that, TRUNCATE frees
+    -- the space at once (it locks only the partition, which lookups skip once
+    -- it has ended) and the empty table is dropped in a later round.
+    PERFORM set_config('lock_timeout', '50ms', true);
+    FOR p IN SELECT * FROM apicore._idempotency_partitions() WHERE upper_bound <= now() LOOP
+        BEGIN
+            EXECUTE format('DROP TABLE %s', p.partition);
+            dropped := dropped + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            BEGIN
+                IF pg_relation_size(p.partition) OPERATOR(pg_catalog.>) 0 THEN
+                    EXECUTE format('TRUNCATE %s', p.partition);
+                    truncated := truncated + 1;
+                ELSE
+                    skipped := skipped + 1;
+                END IF;
+            EXCEPTION WHEN lock_not_available THEN
+                skipped := skipped + 1;
+            END;
+        END;
+    END LOOP;
+    PERFORM set_config('lock_timeout', '200ms', true);
+
+    BEGIN
+        DELETE FROM apicore.idempotency_key_default WHERE expires_at <= now();
+        GET DIAGNOSTICS purged = ROW_COUNT;
+    EXCEPTION WHEN lock_not_available THEN
+        skipped := skipped + 1;
+    END;
+
+    -- the bounds are read once: the catalog query behind them is the slow part
+    SELECT coalesce(array_agg(lower_bound), '{}'), coalesce(array_agg(upper_bound), '{}')
+      INTO lows, highs FROM apicore._idempotency_partitions();
+    -- cross-type operators are named with their schema: with no exact match in
+    -- pg_catalog, another schema could supply one (OPERATOR() binds more
+    -- loosely than + and *, hence the parentheses)
+    lo := to_timestamp(floor(extract(epoch FROM now()) OPERATOR(pg_catalog./) step)
+                       OPERATOR(pg_catalog.*) step);
+    horizon := now() + s.max_ttl + (s.premake OPERATOR(pg_catalog.*) s.partition_interval);
+    WHILE lo < horizon LOOP
+        hi := lo + s.partition_interval;
+        -- skip past partitions made with another interval; stop short of the next one
+        SELECT max(h) INTO edge FROM unnest(lows, highs) AS b(l, h) WHERE l <= lo AND h > lo;
+        IF edge IS NOT NULL THEN
+            lo := edge;
+            CONTINUE;
+        END IF;
+        SELECT min(l) INTO edge FROM unnest(lows) AS b(l) WHERE l > lo AND l < hi;
+        hi := coalesce(edge, hi);
+        BEGIN
+            moved := moved + apicore._idempotency_create_partition(lo, hi);
+            created := created + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            skipped := skipped + 1;
+            EXIT;
+        END;
+        lo := hi;
+    END LOOP;
+
+    RETURN format('partitions created %s, dropped %s, truncated %s, skipped (locked) %s; rows moved from default %s, expired rows purged from default %s',
+                  created, dropped, truncated, skipped, moved, purged);
+END
+$$;
+REVOKE ALL ON FUNCTION apicore._idempotency_create_partition(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apicore._idempotency_maintain() FROM PUBLIC;
+-- ---------- end core ----------
+
 -- ---------- sagas: a claim is logged with the run's next transition ----------
 -- Steps claimed before the update keep the claim row 0.1.0 wrote: their
 -- claim_id stays NULL, so their end is not shown with a second claim.

@@ -14,10 +14,26 @@ EXCEPTION WHEN OTHERS THEN
   RETURN SQLSTATE;
 END $$;
 
+-- The suite runs as an application role with only what the README lists:
+-- USAGE on schema apicore and EXECUTE on cursor_encode/cursor_decode (PUBLIC
+-- has both by default; granted here all the same).  Reading and rotating
+-- keys is a superuser's: those steps say so.
+CREATE ROLE cursor_app;
+CREATE SCHEMA cursor_app AUTHORIZATION cursor_app;
+GRANT USAGE ON SCHEMA apicore TO cursor_app;
+GRANT EXECUTE ON FUNCTION apicore.cursor_encode(record, text, interval),
+  apicore.cursor_decode(text, text) TO cursor_app;
+-- the test's window on the key table, as the superuser
+CREATE FUNCTION public.cursor_keys(OUT keys bigint, OUT min_key_id int) LANGUAGE sql
+  SECURITY DEFINER SET search_path = pg_catalog
+  AS $$ SELECT count(*), min(key_id) FROM apicore.cursor_key $$;
+SET ROLE cursor_app;
+SET search_path = cursor_app, public;
+
 -- no key exists before the first cursor; the first encode creates exactly one
-SELECT count(*) AS keys_before FROM apicore.cursor_key;
+SELECT keys AS keys_before FROM cursor_keys();
 SELECT apicore.cursor_encode(ROW(1)) IS NOT NULL AS encoded;
-SELECT count(*) AS keys_after, min(key_id) AS key_id FROM apicore.cursor_key;
+SELECT keys AS keys_after, min_key_id AS key_id FROM cursor_keys();
 
 -- (timestamptz, bigint): at most 80 characters, URL-safe base64, no padding
 SELECT c ~ '^[A-Za-z0-9_-]+$' AS url_safe, length(c) <= 80 AS at_most_80, length(c)
@@ -149,21 +165,29 @@ SELECT apicore.cursor_encode(ROW());
 
 -- keys: rotation keeps old cursors valid and seals new ones with the new key
 SELECT apicore.cursor_encode(ROW(1), 'orders') AS old_cursor \gset
+-- (rotation is a superuser's)
+RESET ROLE;
 SELECT apicore.cursor_rotate_key() AS new_key_id;
 SELECT count(*) AS keys FROM apicore.cursor_key;
+SET ROLE cursor_app;
 SELECT * FROM apicore.cursor_decode(:'old_cursor', 'orders') AS c(i int);
 SELECT apicore.cursor_encode(ROW(2), 'orders') AS new_cursor \gset
 SELECT * FROM apicore.cursor_decode(:'new_cursor', 'orders') AS c(i int);
 -- retiring a key (deleting its row) invalidates its cursors at once: a foreign key id
+RESET ROLE;
 DELETE FROM apicore.cursor_key WHERE key_id = 2;
+SET ROLE cursor_app;
 SELECT * FROM apicore.cursor_decode(:'new_cursor', 'orders') AS c(i int);
 SELECT * FROM apicore.cursor_decode(:'old_cursor', 'orders') AS c(i int);
 -- the next rotation may reuse the id of a retired newest key, with a new
 -- key: the retired key's cursors stay invalid
+RESET ROLE;
 SELECT apicore.cursor_rotate_key() AS next_key_id;
+SET ROLE cursor_app;
 SELECT * FROM apicore.cursor_decode(:'new_cursor', 'orders') AS c(i int);
 
 -- no role but a superuser reads keys or rotates them; everyone can use cursors
+RESET ROLE;
 CREATE ROLE cursor_user;
 SET ROLE cursor_user;
 SELECT * FROM apicore.cursor_key;
@@ -174,4 +198,6 @@ RESET ROLE;
 DROP ROLE cursor_user;
 
 DROP TABLE cursor_texts, cursor_rows;
-DROP FUNCTION sqlstate_of(text);
+DROP FUNCTION sqlstate_of(text), cursor_keys();
+DROP OWNED BY cursor_app;
+DROP ROLE cursor_app;

@@ -5,9 +5,32 @@
 -- Keep timestamps out of the output; compare them instead.
 \set VERBOSITY default
 
+-- The suite runs as an application role with only what the README lists:
+-- USAGE on schema apicore and EXECUTE on the idempotency functions (PUBLIC
+-- has both by default; granted here all the same), nothing on apicore's
+-- tables.  The stats are read by a pg_monitor member; the superuser steps
+-- (settings, maintenance, clean-up) say so.
+CREATE ROLE idem_app;
+CREATE ROLE idem_monitor IN ROLE pg_monitor;
+CREATE SCHEMA idem_app AUTHORIZATION idem_app;
+GRANT USAGE ON SCHEMA apicore TO idem_app;
+GRANT EXECUTE ON FUNCTION apicore.idempotency_begin(text, text, jsonb, interval, interval),
+  apicore.idempotency_checkpoint(text, text, int, text),
+  apicore.idempotency_complete(text, text, int, int, text, jsonb),
+  apicore.idempotency_release(text, text, int), apicore.idempotency_get(text, text) TO idem_app;
+-- the test's window on the key table: rows stored for a key, counted as the superuser
+CREATE FUNCTION public.idem_stored_rows(k text) RETURNS bigint LANGUAGE sql
+  SECURITY DEFINER SET search_path = pg_catalog
+  AS $$ SELECT count(*) FROM apicore.idempotency_key WHERE key OPERATOR(pg_catalog.=) k $$;
+
+SET ROLE idem_monitor;
+
 SELECT proceed AS proceed_before, replay AS replay_before, conflict AS conflict_before,
        mismatch AS mismatch_before, takeover AS takeover_before
   FROM apicore.idempotency_stats \gset
+RESET ROLE;
+SET ROLE idem_app;
+SET search_path = idem_app, public;
 
 -- ---------- one transaction: begin, business write, complete, COMMIT ----------
 CREATE TABLE orders (id int PRIMARY KEY, amount int);
@@ -16,7 +39,7 @@ SELECT outcome, attempt, recovery_point, response_code, response_body, response_
        expires_at > now() + interval '23 hours' AS expires_in_a_day
   FROM apicore.idempotency_begin('acct_1', 'key-1', '{"method": "POST", "path": "/orders", "body": {"amount": 10}}');
 -- nothing is written before complete: the key lives in this backend until commit
-SELECT count(*) AS rows_before_complete FROM apicore.idempotency_key WHERE key = 'key-1';
+SELECT idem_stored_rows('key-1') AS rows_before_complete;
 INSERT INTO orders VALUES (1, 10);
 SELECT apicore.idempotency_complete('acct_1', 'key-1', 1, 201, '{"id": 1, "amount": 10}',
                                     '{"Content-Type": "application/json", "Location": "/orders/1"}');
@@ -55,7 +78,7 @@ SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'key-2');
 INSERT INTO orders VALUES (2, 20);
 SELECT apicore.idempotency_complete('acct_1', 'key-2', 1, 201, 'created');
 ROLLBACK;
-SELECT count(*) AS rows_after_rollback FROM apicore.idempotency_key WHERE key = 'key-2';
+SELECT idem_stored_rows('key-2') AS rows_after_rollback;
 SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'key-2');
 SELECT apicore.idempotency_complete('acct_1', 'key-2', 1, 500, NULL);
 -- a stored error response is replayed too, NULL body included
@@ -83,7 +106,7 @@ SELECT outcome FROM apicore.idempotency_begin('acct_1', 'key-4');
 ROLLBACK TO SAVEPOINT s;
 SELECT count(*) AS pending_after_savepoint_rollback FROM apicore.idempotency_get('acct_1', 'key-4');
 COMMIT;
-SELECT count(*) AS rows_key_4 FROM apicore.idempotency_key WHERE key = 'key-4';
+SELECT idem_stored_rows('key-4') AS rows_key_4;
 
 -- ---------- across transactions, with checkpoints (Brandur's atomic phases) ----------
 SELECT outcome, attempt, recovery_point
@@ -135,7 +158,7 @@ BEGIN;
 SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'rel-2');
 SELECT apicore.idempotency_release('acct_1', 'rel-2', 1);
 COMMIT;
-SELECT count(*) AS rows_rel_2 FROM apicore.idempotency_key WHERE key = 'rel-2';
+SELECT idem_stored_rows('rel-2') AS rows_rel_2;
 -- begun again after a release in the same transaction: attempt 2, attempt 1 stays stale
 BEGIN;
 SELECT outcome, attempt FROM apicore.idempotency_begin('acct_1', 'rel-3');
@@ -175,10 +198,15 @@ SELECT * FROM apicore.idempotency_begin('s', 'k', lease => '0 seconds');
 SELECT * FROM apicore.idempotency_begin('s', 'k', lease => '-1 minute');
 SELECT * FROM apicore.idempotency_begin('s', 'k', ttl => '1 minute', lease => '1 hour');
 SELECT * FROM apicore.idempotency_begin('s', 'k', lease => NULL);
+-- (a superuser setting)
+RESET ROLE;
 SET apicore.idempotency_max_ttl = '30d';
+SET ROLE idem_app;
 SELECT outcome FROM apicore.idempotency_begin('s', 'long', ttl => '8 days');
 SELECT apicore.idempotency_release('s', 'long', 1);
+RESET ROLE;
 RESET apicore.idempotency_max_ttl;
+SET ROLE idem_app;
 -- complete without begin
 SELECT apicore.idempotency_complete('s', 'never-begun', 1, 200, 'x');
 SELECT apicore.idempotency_checkpoint('s', 'never-begun', 1, 'x');
@@ -217,15 +245,13 @@ SELECT outcome FROM apicore.idempotency_begin('acct_1', 'read-only');
 ROLLBACK;
 
 -- ---------- privileges: EXECUTE is enough, the table stays closed ----------
-CREATE ROLE idempotency_app;
-SET ROLE idempotency_app;
+-- (everything above ran as idem_app)
 SELECT outcome, attempt FROM apicore.idempotency_begin('app', 'k1');
 SELECT apicore.idempotency_complete('app', 'k1', 1, 200, 'ok');
 SELECT count(*) FROM apicore.idempotency_key;
 RESET ROLE;
-DROP ROLE idempotency_app;
 
--- ---------- partitions ----------
+-- ---------- partitions (maintenance: as the superuser) ----------
 -- (the worker may have run a round already, so only the outcome is shown)
 SELECT detail LIKE 'partitions created %' AS maintained
   FROM apicore.run_maintenance() WHERE task = 'idempotency_partitions';
@@ -248,11 +274,16 @@ SELECT count(*) AS ancient_partitions FROM apicore._idempotency_partitions()
  WHERE upper_bound < '2002-01-01';
 
 -- ---------- stats ----------
+SET ROLE idem_monitor;
 SELECT proceed - :proceed_before AS proceed, replay - :replay_before AS replay,
        conflict - :conflict_before AS conflict, mismatch - :mismatch_before AS mismatch,
        takeover - :takeover_before AS takeover, rows > 0 AS has_rows, partitions > 10 AS has_partitions
   FROM apicore.idempotency_stats;
 
+RESET ROLE;
+
 -- clean up
-DROP TABLE orders;
 TRUNCATE apicore.idempotency_key;
+DROP FUNCTION public.idem_stored_rows(text);
+DROP OWNED BY idem_app, idem_monitor;
+DROP ROLE idem_app, idem_monitor;

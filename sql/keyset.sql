@@ -3,8 +3,18 @@
 -- inserted), filters, cursor binding, settings, privileges and RLS, index
 -- use, and bad input.
 
--- the test role may be named like the apicore schema ("$user"): be explicit
-SET search_path = public;
+-- The suite runs as an application role that owns its tables, with only
+-- what the README lists for apicore: USAGE on schema apicore and EXECUTE on
+-- keyset_page, keyset_page_explain and cursor_encode (PUBLIC has both by
+-- default; granted here all the same).  Creating roles is a superuser's.
+CREATE ROLE ks_app;
+CREATE SCHEMA ks_app AUTHORIZATION ks_app;
+GRANT USAGE ON SCHEMA apicore TO ks_app;
+GRANT EXECUTE ON FUNCTION apicore.keyset_page(regclass, text, text, int, jsonb),
+  apicore.keyset_page_explain(regclass, text, text, int, jsonb),
+  apicore.cursor_encode(record, text, interval) TO ks_app;
+SET ROLE ks_app;
+SET search_path = ks_app;
 
 CREATE FUNCTION sqlstate_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
@@ -244,23 +254,29 @@ SELECT apicore.keyset_page('ks_seq', 'last_value');
 DROP SEQUENCE ks_seq;
 
 -- the caller's privileges and row-level security
+RESET ROLE;
 CREATE ROLE ks_reader;
+GRANT USAGE ON SCHEMA ks_app TO ks_reader;
+SET ROLE ks_app;
 CREATE TABLE ks_tenant (id int PRIMARY KEY, tenant text NOT NULL);
 INSERT INTO ks_tenant SELECT i, CASE WHEN i % 2 = 0 THEN 'even' ELSE 'odd' END FROM generate_series(1, 10) i;
 ALTER TABLE ks_tenant ENABLE ROW LEVEL SECURITY;
 CREATE POLICY ks_even ON ks_tenant FOR SELECT TO ks_reader USING (tenant = 'even');
 SET ROLE ks_reader;
 SELECT apicore.keyset_page('ks_tenant', 'id');
-RESET ROLE;
+SET ROLE ks_app;
 GRANT SELECT ON ks_tenant TO ks_reader;
 SET ROLE ks_reader;
 SELECT (SELECT array_agg(r->>'id') FROM jsonb_array_elements(p->'data') r) AS visible_ids
   FROM apicore.keyset_page('ks_tenant', 'id DESC') p;
-RESET ROLE;
+SET ROLE ks_app;
 SELECT (SELECT count(*) FROM jsonb_array_elements(p->'data') r) AS owner_sees
   FROM apicore.keyset_page('ks_tenant', 'id DESC') p;
 DROP TABLE ks_tenant;
+RESET ROLE;
+DROP OWNED BY ks_reader;
 DROP ROLE ks_reader;
+SET ROLE ks_app;
 
 -- an index scan, not a full sort, when an index matches
 CREATE INDEX ks_items_t_id ON ks_items (t, id);
@@ -297,3 +313,6 @@ DROP TABLE ks_mixed;
 DROP FUNCTION ks_walk(text, int, int, text);
 DROP TABLE ks_items;
 DROP FUNCTION sqlstate_of(text);
+RESET ROLE;
+DROP OWNED BY ks_app;
+DROP ROLE ks_app;

@@ -4,11 +4,13 @@
 SELECT apicore.version() = extversion AS version_matches_extension
   FROM pg_extension WHERE extname = 'apicore';
 
--- Tasks are rows; run_maintenance() runs each in its own subtransaction.
+-- Tasks are rows; run_maintenance() runs each in its own subtransaction, as
+-- the owner of the task's function with search_path = pg_catalog, pg_temp
+-- (so a task names its tables, or sets its own search_path).
 CREATE TABLE maintenance_log (task text);
 CREATE FUNCTION log_task() RETURNS text LANGUAGE sql
-  AS $$ INSERT INTO maintenance_log VALUES ('log_task'); SELECT 'logged one row' $$;
-CREATE FUNCTION failing_task() RETURNS text LANGUAGE plpgsql
+  AS $$ INSERT INTO public.maintenance_log VALUES ('log_task'); SELECT 'logged one row' $$;
+CREATE FUNCTION failing_task() RETURNS text LANGUAGE plpgsql SET search_path = public
   AS $$ BEGIN INSERT INTO maintenance_log VALUES ('failing_task'); RAISE EXCEPTION 'disk on fire'; END $$;
 INSERT INTO apicore.maintenance_task VALUES
   ('test_failing', 'failing_task', 1),

@@ -93,41 +93,54 @@ KeyTableOid(void)
 	return relid;
 }
 
-static Oid
-KeyTableOwner(void)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(key_cache.table));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "apicore: cache lookup failed for relation %u", key_cache.table);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
 /*
- * Run one key query as the key table's owner.  Security-restricted, like a
- * SECURITY DEFINER function, so nothing the caller set up can run as the
- * owner.  The caller's search_path still applies, so the queries name
- * pg_catalog's functions and operators explicitly.  An error unwinds the user
+ * Run one key query as the key table's owner, through ApicoreBecome:
+ * security-restricted with search_path = pg_catalog, pg_temp, so nothing the
+ * caller set up or created runs as the owner.  The queries name pg_catalog's
+ * functions and operators explicitly all the same.  An error unwinds the
  * switch with the (sub)transaction.
  */
 static void
 RunAsKeyOwner(const char *sql, int nargs, Oid *argtypes, Datum *args)
 {
-	Oid			save_user;
-	int			save_sec;
+	ApicoreIdentity id;
 	int			rc;
 
-	GetUserIdAndSecContext(&save_user, &save_sec);
-	SetUserIdAndSecContext(KeyTableOwner(),
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
+	ApicoreBecome(&id, ApicoreRelationOwner(key_cache.table), 0);
 	rc = SPI_execute_with_args(sql, nargs, argtypes, args, NULL, false, 0);
-	SetUserIdAndSecContext(save_user, save_sec);
+	ApicoreRestore(&id);
 	if (rc < 0)
 		elog(ERROR, "apicore: key query failed: %s", SPI_result_code_string(rc));
+}
+
+/* A key row apicore could not have written: refuse it, never use it. */
+static void
+DamagedKey(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("apicore: apicore.cursor_key holds a damaged row: %s", what),
+			 errhint("Keys are made by apicore; delete the row as a superuser (its cursors become invalid).")));
+}
+
+/* key_id and key of one row, checked: no NULL, key_id > 0, a 32-byte key. */
+static int32
+KeyFromRow(HeapTuple tup, TupleDesc desc, bytea **key)
+{
+	bool		id_null,
+				key_null;
+	Datum		id = SPI_getbinval(tup, desc, 1, &id_null);
+	Datum		value = SPI_getbinval(tup, desc, 2, &key_null);
+
+	if (id_null || key_null)
+		DamagedKey(id_null ? "key_id is NULL" : "key is NULL");
+	if (DatumGetInt32(id) <= 0)
+		DamagedKey(psprintf("key_id %d is not positive", DatumGetInt32(id)));
+	*key = DatumGetByteaPP(value);
+	if (VARSIZE_ANY_EXHDR(*key) != CURSOR_KEY_BYTES)
+		DamagedKey(psprintf("key %d has %d bytes, not %d", DatumGetInt32(id),
+							(int) VARSIZE_ANY_EXHDR(*key), CURSOR_KEY_BYTES));
+	return DatumGetInt32(id);
 }
 
 static void
@@ -145,18 +158,16 @@ LoadKeys(void)
 	MemoryContextSwitchTo(oldcxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		bool		isnull;
-		int32		key_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-		bytea	   *key = DatumGetByteaPP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		bytea	   *key;
+		int32		key_id = KeyFromRow(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &key);
 
-		if (VARSIZE_ANY_EXHDR(key) != CURSOR_KEY_BYTES)
-			elog(ERROR, "apicore: cursor key %d is not %d bytes", key_id, CURSOR_KEY_BYTES);
+		if (i > 0 && (uint32) key_id <= key_cache.keys[i - 1].key_id)
+			DamagedKey(psprintf("key_id %d appears twice", key_id));
 		key_cache.keys[i].key_id = (uint32) key_id;
 		memcpy(key_cache.keys[i].key, VARDATA_ANY(key), CURSOR_KEY_BYTES);
 		sodium_memzero(VARDATA_ANY(key), CURSOR_KEY_BYTES);
+		key_cache.nkeys = (int) i + 1;	/* ForgetKeys wipes these on error too */
 	}
-	key_cache.nkeys = (int) SPI_processed;
 	SPI_finish();
 	key_cache.loaded = true;
 	key_cache.loaded_at = GetCurrentTimestamp();
@@ -284,7 +295,16 @@ apicore_cursor_key_changed(PG_FUNCTION_ARGS)
 	TriggerData *trigger = (TriggerData *) fcinfo->context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "apicore: cursor_key_changed must be called as a trigger");
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("apicore: _cursor_key_changed() was not called by the trigger manager"),
+				 errhint("It is the trigger of apicore.cursor_key; do not call it directly.")));
+	if (RelationGetRelid(trigger->tg_relation) != KeyTableOid())
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("apicore: _cursor_key_changed() fired on \"%s\", not on apicore.cursor_key",
+						RelationGetRelationName(trigger->tg_relation)),
+				 errhint("Drop that trigger; only apicore.cursor_key uses this function.")));
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigger->tg_relation));
 	return PointerGetDatum(NULL);
 }

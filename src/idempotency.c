@@ -36,6 +36,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/index.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -509,53 +510,23 @@ AddPending(text *scope, text *key, KeyRow *row)
 /* ---------- the key table: direct reads and inserts, SPI updates ---------- */
 
 /*
- * Run the SPI work as the owner of the key table, so that applications need
- * EXECUTE on the functions only, never rights on the table.  An error resets
- * the user id with the (sub)transaction.
+ * The key table.  Reads and inserts go straight to the heap with the
+ * caller's identity (no privilege check applies there); the SPI update runs
+ * as the table's owner through ApicoreBecome, so applications need EXECUTE on
+ * the functions only, never rights on the table.
  */
-typedef struct AsOwner
-{
-	Oid			saved_user;
-	int			saved_sec;
-} AsOwner;
-
 static Oid
 KeyTableOid(void)
 {
-	Oid			rel = get_relname_relid("idempotency_key", get_namespace_oid("apicore", false));
+	Oid			nsp = get_namespace_oid("apicore", true);
+	Oid			rel = OidIsValid(nsp) ? get_relname_relid("idempotency_key", nsp) : InvalidOid;
 
 	if (!OidIsValid(rel))
-		elog(ERROR, "apicore: table apicore.idempotency_key is missing");
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: table apicore.idempotency_key is missing"),
+				 errhint("Run CREATE EXTENSION apicore in this database.")));
 	return rel;
-}
-
-static Oid
-KeyTableOwner(void)
-{
-	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(KeyTableOid()));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "apicore: table apicore.idempotency_key is missing");
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
-}
-
-static void
-BeginAsOwner(AsOwner *as)
-{
-	GetUserIdAndSecContext(&as->saved_user, &as->saved_sec);
-	SetUserIdAndSecContext(KeyTableOwner(), as->saved_sec | SECURITY_LOCAL_USERID_CHANGE);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "apicore: SPI_connect failed");
-}
-
-static void
-EndAsOwner(AsOwner *as)
-{
-	SPI_finish();
-	SetUserIdAndSecContext(as->saved_user, as->saved_sec);
 }
 
 /*
@@ -590,19 +561,11 @@ UpdatePlan(void)
 								  "UPDATE apicore.idempotency_key SET state = $3, attempt = $4, fingerprint = $5,"
 								  " recovery_point = $6, lease = $7, lease_expires_at = $8, response_code = $9,"
 								  " response_body = $10, response_headers = $11, updated_at = $13"
-								  " WHERE scope = $1 AND key = $2 AND expires_at = $14 AND created_at = $12",
+								  " WHERE scope OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2"
+								  " AND expires_at OPERATOR(pg_catalog.=) $14"
+								  " AND created_at OPERATOR(pg_catalog.=) $12",
 								  lengthof(row_types), row_types);
 	return update_plan;
-}
-
-static KeyState
-KeyStateFromText(const char *s)
-{
-	for (int i = 0; i <= KEY_RELEASED; i++)
-		if (strcmp(s, key_state_names[i]) == 0)
-			return (KeyState) i;
-	elog(ERROR, "apicore: unknown idempotency key state \"%s\"", s);
-	return KEY_RUNNING;
 }
 
 /* Column numbers of apicore.idempotency_key, as created by the install script. */
@@ -634,15 +597,84 @@ NullableVarlena(Datum *values, bool *nulls, int col)
 	return COLUMN(nulls, col) ? NULL : PG_DETOAST_DATUM_COPY(COLUMN(values, col));
 }
 
+/*
+ * A stored row apicore could not have written (the table was edited by
+ * hand): refuse it clearly rather than act on it.
+ */
 static void
-RowFromValues(Datum *values, bool *nulls, KeyRow *row)
+DamagedRow(text *scope, text *key, const char *what)
 {
-	bytea	   *fp = NullableVarlena(values, nulls, COL_FINGERPRINT);
-	char	   *state = TextDatumGetCString(COLUMN(values, COL_STATE));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("apicore: the stored row of idempotency key \"%s\" in scope \"%s\" is damaged: %s",
+					text_to_cstring(key), text_to_cstring(scope), what),
+			 errhint("apicore.idempotency_key is written only by apicore; delete the row as its owner to let the key proceed afresh.")));
+}
 
-	row->state = KeyStateFromText(state);
+static KeyState
+KeyStateFromText(text *scope, text *key, const char *s)
+{
+	for (int i = 0; i <= KEY_RELEASED; i++)
+		if (strcmp(s, key_state_names[i]) == 0)
+			return (KeyState) i;
+	DamagedRow(scope, key, psprintf("unknown state \"%s\"", s));
+	return KEY_RUNNING;
+}
+
+/* Columns apicore always writes; NOT NULL in the install script but checked anyway. */
+static const int required_columns[] = {
+	COL_STATE, COL_ATTEMPT, COL_LEASE, COL_LEASE_EXPIRES_AT, COL_CREATED_AT,
+	COL_UPDATED_AT, COL_EXPIRES_AT
+};
+
+static const char *const column_names[] = {
+	"scope", "key", "state", "attempt", "fingerprint", "recovery_point", "lease",
+	"lease_expires_at", "response_code", "response_body", "response_headers",
+	"created_at", "updated_at", "expires_at"
+};
+
+/* Nothing read back is trusted: NULLs, states, lengths and ranges are checked. */
+static void
+CheckStoredRow(text *scope, text *key, Datum *values, bool *nulls)
+{
+	int32		attempt;
+	bytea	   *fp;
+	Interval   *lease;
+	Interval	longest = {0};
+
+	for (int i = 0; i < lengthof(required_columns); i++)
+		if (COLUMN(nulls, required_columns[i]))
+			DamagedRow(scope, key, psprintf("%s is NULL", column_names[required_columns[i] - 1]));
+	attempt = DatumGetInt32(COLUMN(values, COL_ATTEMPT));
+	if (attempt < 1 || attempt == PG_INT32_MAX)
+		DamagedRow(scope, key, psprintf("attempt %d is out of range", attempt));
+	/* a lease is at most the largest apicore.idempotency_max_ttl: renewing it cannot overflow */
+	lease = DatumGetIntervalP(COLUMN(values, COL_LEASE));
+	longest.time = (int64) INT_MAX * USECS_PER_SEC;
+	if (!IntervalIsPositive(lease) || IntervalExceeds(lease, &longest))
+		DamagedRow(scope, key, "the lease is not between 0 and the largest apicore.idempotency_max_ttl");
+	if (!COLUMN(nulls, COL_FINGERPRINT))
+	{
+		fp = DatumGetByteaPP(COLUMN(values, COL_FINGERPRINT));
+		if (VARSIZE_ANY_EXHDR(fp) != FINGERPRINT_LEN)
+			DamagedRow(scope, key, psprintf("the fingerprint has %d bytes, not %d",
+											(int) VARSIZE_ANY_EXHDR(fp), FINGERPRINT_LEN));
+	}
+	if (COLUMN(nulls, COL_RESPONSE_CODE) &&
+		KeyStateFromText(scope, key, TextDatumGetCString(COLUMN(values, COL_STATE))) == KEY_COMPLETED)
+		DamagedRow(scope, key, "a completed key has no response_code");
+}
+
+static void
+RowFromValues(text *scope, text *key, Datum *values, bool *nulls, KeyRow *row)
+{
+	bytea	   *fp;
+
+	CheckStoredRow(scope, key, values, nulls);
+	fp = NullableVarlena(values, nulls, COL_FINGERPRINT);
+	row->state = KeyStateFromText(scope, key, TextDatumGetCString(COLUMN(values, COL_STATE)));
 	row->attempt = DatumGetInt32(COLUMN(values, COL_ATTEMPT));
-	row->has_fingerprint = fp != NULL && VARSIZE_ANY_EXHDR(fp) == FINGERPRINT_LEN;
+	row->has_fingerprint = fp != NULL;
 	if (row->has_fingerprint)
 		memcpy(row->fingerprint, VARDATA_ANY(fp), FINGERPRINT_LEN);
 	row->recovery_point = NullableVarlena(values, nulls, COL_RECOVERY_POINT);
@@ -657,18 +689,38 @@ RowFromValues(Datum *values, bool *nulls, KeyRow *row)
 	row->expires_at = DatumGetTimestampTz(COLUMN(values, COL_EXPIRES_AT));
 }
 
-/* The partition's (scope, key) index: the only index maintenance gives it. */
-static Oid
-ScopeKeyIndex(Relation heap)
+static void
+DamagedPartition(Relation heap, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("apicore: partition \"%s\" of apicore.idempotency_key %s",
+					RelationGetRelationName(heap), what),
+			 errhint("Partitions are made by apicore.run_maintenance(); drop this one as apicore's owner.")));
+}
+
+/*
+ * The partition's (scope, key) index, opened: maintenance gives a partition
+ * exactly this one btree index, which the direct scans and inserts rely on
+ * (an insert maintains no other index).
+ */
+static Relation
+OpenScopeKeyIndex(Relation heap, LOCKMODE mode)
 {
 	List	   *indexes = RelationGetIndexList(heap);
-	Oid			index;
+	Relation	index;
 
-	if (indexes == NIL)
-		elog(ERROR, "apicore: partition \"%s\" has no (scope, key) index",
-			 RelationGetRelationName(heap));
-	index = linitial_oid(indexes);
+	if (RelationGetDescr(heap)->natts != NUM_KEY_COLUMNS)
+		DamagedPartition(heap, "does not have the columns of apicore.idempotency_key");
+	if (list_length(indexes) != 1)
+		DamagedPartition(heap, "must have exactly one index, on (scope, key)");
+	index = index_open(linitial_oid(indexes), mode);
 	list_free(indexes);
+	if (index->rd_rel->relam != BTREE_AM_OID || index->rd_index->indnkeyatts != 2 ||
+		index->rd_index->indkey.values[0] != COL_SCOPE ||
+		index->rd_index->indkey.values[1] != COL_KEY ||
+		RelationGetIndexExpressions(index) != NIL || RelationGetIndexPredicate(index) != NIL)
+		DamagedPartition(heap, "has an index other than a btree on (scope, key)");
 	return index;
 }
 
@@ -695,11 +747,8 @@ ScanPartition(Oid partition, text *scope, text *key, TimestampTz now,
 		table_close(heap, NoLock);
 		return false;
 	}
-	index = index_open(ScopeKeyIndex(heap), AccessShareLock);
+	index = OpenScopeKeyIndex(heap, AccessShareLock);
 	slot = table_slot_create(heap, NULL);
-	if (RelationGetDescr(heap)->natts != NUM_KEY_COLUMNS)
-		elog(ERROR, "apicore: partition \"%s\" does not have the columns of apicore.idempotency_key",
-			 RelationGetRelationName(heap));
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(scope));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(key));
 	keys[0].sk_collation = index->rd_indcollation[0];
@@ -710,9 +759,10 @@ ScanPartition(Oid partition, text *scope, text *key, TimestampTz now,
 	while (!found && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		slot_getallattrs(slot);
-		if (DatumGetTimestampTz(COLUMN(slot->tts_values, COL_EXPIRES_AT)) > now)
+		if (COLUMN(slot->tts_isnull, COL_EXPIRES_AT) ||
+			DatumGetTimestampTz(COLUMN(slot->tts_values, COL_EXPIRES_AT)) > now)
 		{
-			RowFromValues(slot->tts_values, slot->tts_isnull, row);
+			RowFromValues(scope, key, slot->tts_values, slot->tts_isnull, row);
 			found = true;
 		}
 	}
@@ -843,7 +893,7 @@ InsertRow(text *scope, text *key, KeyRow *row)
 {
 	Relation	parent = table_open(KeyTableOid(), RowExclusiveLock);
 	Relation	heap = table_open(PartitionFor(parent, row->expires_at), RowExclusiveLock);
-	Relation	index = index_open(ScopeKeyIndex(heap), RowExclusiveLock);
+	Relation	index = OpenScopeKeyIndex(heap, RowExclusiveLock);
 	Datum		values[NUM_KEY_COLUMNS];
 	bool		nulls[NUM_KEY_COLUMNS];
 	HeapTuple	tuple;
@@ -861,26 +911,35 @@ InsertRow(text *scope, text *key, KeyRow *row)
 	CommandCounterIncrement();
 }
 
-/* Rewrite an existing row (cross-transaction mode: takeover, checkpoint, complete, release). */
+/*
+ * Rewrite an existing row (cross-transaction mode: takeover, checkpoint,
+ * complete, release), as the key table's owner.  The kept plan is prepared
+ * and re-planned only under the switch (search_path = pg_catalog, pg_temp)
+ * and names its operators, so nothing the caller created is resolved.
+ */
 static void
 UpdateRow(text *scope, text *key, KeyRow *row)
 {
 	Datum		values[NUM_KEY_COLUMNS];
 	bool		nulls[NUM_KEY_COLUMNS];
 	char		spi_nulls[NUM_KEY_COLUMNS];
-	AsOwner		as;
+	ApicoreIdentity id;
 	int			rc;
 
 	RowToValues(scope, key, row, values, nulls);
 	for (int i = 0; i < NUM_KEY_COLUMNS; i++)
 		spi_nulls[i] = nulls[i] ? 'n' : ' ';
-	BeginAsOwner(&as);
+	ApicoreBecome(&id, ApicoreRelationOwner(KeyTableOid()), 0);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "apicore: SPI_connect failed");
 	rc = SPI_execute_snapshot(UpdatePlan(), values, spi_nulls, GetLatestSnapshot(),
 							  InvalidSnapshot, false, true, 0);
-	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
-		elog(ERROR, "apicore: idempotency key update failed (%s, %lu rows)",
-			 SPI_result_code_string(rc), (unsigned long) SPI_processed);
-	EndAsOwner(&as);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "apicore: idempotency key update failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed != 1)
+		DamagedRow(scope, key, psprintf("%lu rows match it", (unsigned long) SPI_processed));
+	SPI_finish();
+	ApicoreRestore(&id);
 }
 
 /* ---------- idempotency_begin ---------- */

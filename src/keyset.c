@@ -20,6 +20,7 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "catalog/objectaddress.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
@@ -27,6 +28,8 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "parser/scansup.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -916,18 +919,31 @@ PageSize(FunctionCallInfo fcinfo)
 	return Min(page_size, max_page_size);
 }
 
+/*
+ * The relation exists, is pageable, and the caller may read all of it (the
+ * query selects p.*): checked before anything locks it or looks at its
+ * columns and indexes, with the same error the query would raise.
+ */
 static void
-CheckRelationKind(Oid relid)
+CheckRelation(Oid relid)
 {
 	char		kind = get_rel_relkind(relid);
+	Oid			user = GetUserId();
 
+	if (kind == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("keyset_page: relation with OID %u does not exist", relid),
+				 errhint("Pass the table to page by name, e.g. 'orders'.")));
 	if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE &&
 		kind != RELKIND_MATVIEW && kind != RELKIND_FOREIGN_TABLE && kind != RELKIND_VIEW)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("keyset_page: relation \"%s\" is not a table or view",
-						get_rel_name(relid) ? get_rel_name(relid) : "?"),
+				 errmsg("keyset_page: relation \"%s\" is not a table or view", get_rel_name(relid)),
 				 errhint("Page a table, partitioned table, materialized view or foreign table.")));
+	if (pg_class_aclcheck(relid, user, ACL_SELECT) != ACLCHECK_OK &&
+		pg_attribute_aclcheck_all(relid, user, ACL_SELECT, ACLMASK_ALL) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, get_relkind_objtype(kind), get_rel_name(relid));
 }
 
 static void
@@ -985,7 +1001,7 @@ PreparePage(FunctionCallInfo fcinfo, PageQuery *q, int *page_size, bool *backwar
 	RequireArgument(fcinfo, 1, "order_by", "Pass the sort, e.g. 'created_at DESC, id DESC'.");
 	*page_size = PageSize(fcinfo);
 	q->relid = PG_GETARG_OID(0);
-	CheckRelationKind(q->relid);
+	CheckRelation(q->relid);
 	order_by = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	ParseOrderBy(q, order_by);
 	MakeSortUnique(q, order_by);

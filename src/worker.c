@@ -12,11 +12,21 @@
  *
  * Capabilities add tasks by inserting a row in their install fragment; this
  * file never needs to change for a new task.
+ *
+ * The worker connects as the bootstrap superuser, but runs nothing as it:
+ * the task list is read as the task table's owner, and each task, after its
+ * function is checked, as the function's owner (ApicoreBecome: security-
+ * restricted, search_path = pg_catalog, pg_temp).  run_maintenance() does
+ * the same whoever calls it.  Only apicore's owner can write the task table.
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -33,8 +43,11 @@
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/regproc.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
@@ -168,15 +181,36 @@ WorkerShmemStartup(void)
 
 /* ---------- the task list, shared by the worker and run_maintenance() ---------- */
 
-/* Read apicore.maintenance_task; the list is allocated in `cxt`. */
+static Oid
+TaskTableOid(void)
+{
+	Oid			nsp = get_namespace_oid("apicore", true);
+	Oid			rel = OidIsValid(nsp) ? get_relname_relid("maintenance_task", nsp) : InvalidOid;
+
+	if (!OidIsValid(rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: table apicore.maintenance_task is missing"),
+				 errhint("Run CREATE EXTENSION apicore in this database.")));
+	return rel;
+}
+
+/*
+ * Read apicore.maintenance_task as its owner (search_path = pg_catalog,
+ * pg_temp: the worker's session would find objects in public); the list is
+ * allocated in `cxt`.  A NULL function (a tampered row) is kept as
+ * InvalidOid and refused when its turn comes.
+ */
 static List *
 MaintenanceTaskList(MemoryContext cxt)
 {
 	List	   *tasks = NIL;
+	ApicoreIdentity id;
 
+	ApicoreBecome(&id, ApicoreRelationOwner(TaskTableOid()), 0);
 	SPI_connect();
-	if (SPI_execute("SELECT task, function::oid FROM apicore.maintenance_task "
-					"ORDER BY run_order, task", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT t.task, t.function::pg_catalog.oid FROM apicore.maintenance_task t "
+					"ORDER BY t.run_order, t.task", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "apicore: could not read apicore.maintenance_task");
 
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -184,25 +218,89 @@ MaintenanceTaskList(MemoryContext cxt)
 		HeapTuple	row = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		char	   *name = SPI_getvalue(row, desc, 1);
 		MemoryContext old = MemoryContextSwitchTo(cxt);
 		MaintenanceTask *task = palloc(sizeof(MaintenanceTask));
 
-		task->name = SPI_getvalue(row, desc, 1);
+		task->name = pstrdup(name ? name : "(unnamed)");
 		task->function = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
+		if (isnull)
+			task->function = InvalidOid;
 		tasks = lappend(tasks, task);
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
+	ApicoreRestore(&id);
 	return tasks;
 }
 
-/* Call one task's function; its text result is the detail reported. */
+/*
+ * Check the task's function before every call, since a row names it by OID
+ * (regproc), which outlives the function and can be edited: it must exist,
+ * be a plain function with no arguments returning one text.  Returns the role
+ * to run it as, its owner; a superuser's function only when apicore's owner
+ * (who alone writes the table) is a superuser too.
+ */
+static Oid
+TaskFunctionOwner(MaintenanceTask *task)
+{
+	HeapTuple	tup;
+	Form_pg_proc proc;
+	bool		fits;
+	Oid			owner;
+
+	tup = OidIsValid(task->function) ?
+		SearchSysCache1(PROCOID, ObjectIdGetDatum(task->function)) : NULL;
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("apicore: maintenance task \"%s\" names function %u, which does not exist",
+						task->name, task->function),
+				 errhint("As apicore's owner, point the row of apicore.maintenance_task at a function, or delete it.")));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	fits = proc->prokind == PROKIND_FUNCTION && proc->pronargs == 0 &&
+		proc->prorettype == TEXTOID && !proc->proretset;
+	owner = proc->proowner;
+	ReleaseSysCache(tup);
+	if (!fits)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("apicore: maintenance task \"%s\" names %s, which is not a function without arguments returning text",
+						task->name, format_procedure(task->function)),
+				 errhint("A task function is declared as CREATE FUNCTION f() RETURNS text.")));
+	if (superuser_arg(owner) && !superuser_arg(ApicoreOwner()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("apicore: maintenance task \"%s\" names %s, owned by a superuser",
+						task->name, format_procedure(task->function)),
+				 errhint("apicore's owner is not a superuser: a task runs as its function's owner, so use a function of an ordinary role.")));
+	return owner;
+}
+
+/*
+ * Call one task's function as the function's owner, never as the worker's
+ * bootstrap superuser: security-restricted, search_path = pg_catalog, pg_temp
+ * (a task names what it uses or sets its own search_path).  Its text result
+ * is the detail reported.  An error unwinds the switch with the
+ * (sub)transaction the caller runs the task in.
+ */
 static char *
 CallMaintenanceTask(MaintenanceTask *task)
 {
-	Datum		detail = OidFunctionCall0(task->function);
+	Oid			owner = TaskFunctionOwner(task);
+	ApicoreIdentity id;
+	FmgrInfo	flinfo;
+	LOCAL_FCINFO(fcinfo, 0);
+	Datum		result;
+	char	   *detail;
 
-	return TextDatumGetCString(detail);
+	ApicoreBecome(&id, owner, 0);
+	fmgr_info(task->function, &flinfo);
+	InitFunctionCallInfoData(*fcinfo, &flinfo, 0, InvalidOid, NULL, NULL);
+	result = FunctionCallInvoke(fcinfo);
+	detail = fcinfo->isnull ? pstrdup("(the task returned NULL)") : TextDatumGetCString(result);
+	ApicoreRestore(&id);
+	return detail;
 }
 
 /* ---------- apicore.run_maintenance() ---------- */

@@ -15,6 +15,9 @@ CREATE TABLE apicore.maintenance_task (
 );
 COMMENT ON TABLE apicore.maintenance_task IS
     'maintenance tasks run by the apicore worker and apicore.run_maintenance(), in run_order';
+-- Only apicore's owner writes it: each task runs as its function's owner,
+-- and whoever names a function here chooses what the worker runs.
+REVOKE ALL ON apicore.maintenance_task FROM PUBLIC;
 
 CREATE FUNCTION apicore.run_maintenance()
     RETURNS TABLE (task text, detail text)
@@ -32,5 +35,9 @@ CREATE FUNCTION apicore.maintenance_workers()
 CREATE VIEW apicore.maintenance_workers AS SELECT * FROM apicore.maintenance_workers();
 COMMENT ON VIEW apicore.maintenance_workers IS
     'one row per database worker: rounds run, failures, last error (needs shared_preload_libraries)';
+-- last_error may quote data a task saw: monitoring only
+REVOKE ALL ON FUNCTION apicore.maintenance_workers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.maintenance_workers() TO pg_monitor;
+GRANT SELECT ON apicore.maintenance_workers TO pg_monitor;
 
 GRANT USAGE ON SCHEMA apicore TO PUBLIC;

@@ -98,10 +98,12 @@ CREATE VIEW apicore.idempotency_stats AS
     SELECT c.proceed, c.replay, c.conflict, c.mismatch, c.takeover,
            (SELECT count(*) FROM apicore.idempotency_key) AS rows,
            (SELECT count(*) FROM pg_catalog.pg_inherits
-             WHERE inhparent = 'apicore.idempotency_key'::regclass) AS partitions
+             WHERE inhparent OPERATOR(pg_catalog.=) 'apicore.idempotency_key'::pg_catalog.regclass) AS partitions
       FROM apicore._idempotency_counters() c;
 COMMENT ON VIEW apicore.idempotency_stats IS
     'idempotency outcomes since server start (needs shared_preload_libraries), stored rows, partitions';
+-- monitoring reads it without any right on the key table (the view reads it as its owner)
+GRANT SELECT ON apicore.idempotency_stats TO pg_monitor;
 
 -- Settings as typed values; a C function, so the settings exist even in a
 -- session that has not loaded the library yet.
@@ -121,7 +123,7 @@ AS $$
       JOIN pg_class c ON c.oid = i.inhrelid,
            regexp_match(pg_get_expr(c.relpartbound, c.oid),
                         $re$FROM \('([^']*)'\) TO \('([^']*)'\)$re$) AS b
-     WHERE i.inhparent = 'apicore.idempotency_key'::regclass
+     WHERE i.inhparent OPERATOR(pg_catalog.=) 'apicore.idempotency_key'::pg_catalog.regclass
        AND b IS NOT NULL
      ORDER BY 2
 $$;
@@ -202,7 +204,7 @@ BEGIN
             dropped := dropped + 1;
         EXCEPTION WHEN lock_not_available THEN
             BEGIN
-                IF pg_relation_size(p.partition) > 0 THEN
+                IF pg_relation_size(p.partition) OPERATOR(pg_catalog.>) 0 THEN
                     EXECUTE format('TRUNCATE %s', p.partition);
                     truncated := truncated + 1;
                 ELSE
@@ -225,8 +227,12 @@ BEGIN
     -- the bounds are read once: the catalog query behind them is the slow part
     SELECT coalesce(array_agg(lower_bound), '{}'), coalesce(array_agg(upper_bound), '{}')
       INTO lows, highs FROM apicore._idempotency_partitions();
-    lo := to_timestamp(floor(extract(epoch FROM now()) / step) * step);
-    horizon := now() + s.max_ttl + s.premake * s.partition_interval;
+    -- cross-type operators are named with their schema: with no exact match in
+    -- pg_catalog, another schema could supply one (OPERATOR() binds more
+    -- loosely than + and *, hence the parentheses)
+    lo := to_timestamp(floor(extract(epoch FROM now()) OPERATOR(pg_catalog./) step)
+                       OPERATOR(pg_catalog.*) step);
+    horizon := now() + s.max_ttl + (s.premake OPERATOR(pg_catalog.*) s.partition_interval);
     WHILE lo < horizon LOOP
         hi := lo + s.partition_interval;
         -- skip past partitions made with another interval; stop short of the next one
@@ -251,6 +257,10 @@ BEGIN
                   created, dropped, truncated, skipped, moved, purged);
 END
 $$;
+
+-- maintenance only: run by the worker and run_maintenance() as their owner
+REVOKE ALL ON FUNCTION apicore._idempotency_create_partition(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apicore._idempotency_maintain() FROM PUBLIC;
 
 INSERT INTO apicore.maintenance_task VALUES
     ('idempotency_partitions', 'apicore._idempotency_maintain', 10);

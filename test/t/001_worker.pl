@@ -14,7 +14,7 @@ $node->safe_psql('postgres', q{
 CREATE EXTENSION apicore;
 CREATE TABLE ticks (at timestamptz DEFAULT clock_timestamp());
 CREATE FUNCTION tick() RETURNS text LANGUAGE sql
-  AS $$ INSERT INTO ticks DEFAULT VALUES; SELECT 'ticked' $$;
+  AS $$ INSERT INTO public.ticks DEFAULT VALUES; SELECT 'ticked' $$;
 INSERT INTO apicore.maintenance_task VALUES ('tick', 'tick', 1);
 });
 
