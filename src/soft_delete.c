@@ -1784,11 +1784,14 @@ CascadeConstraint(TriggerData *trigdata)
 	if (con->contype != CONSTRAINT_FOREIGN || con->confrelid != relid ||
 		con->confdeltype != FKCONSTR_ACTION_CASCADE)
 	{
+		char	   *conname = pstrdup(NameStr(con->conname));
+		char	   *conrel = get_rel_name(con->conrelid);
+
 		ReleaseSysCache(contup);
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("apicore: trigger \"%s\" on \"%s\" names constraint %lu, which is not an ON DELETE CASCADE foreign key referencing \"%s\"",
-						trigger->tgname, relname, conoid, relname),
+				 errmsg("apicore: a cascade trigger on \"%s\" names constraint \"%s\" of \"%s\", which is not an ON DELETE CASCADE foreign key referencing \"%s\"",
+						relname, conname, conrel ? conrel : "?", relname),
 				 errhint("Drop the trigger; apicore.soft_delete_enable() on the referencing table makes the right one.")));
 	}
 	return contup;
@@ -1958,6 +1961,7 @@ apicore_tenant_isolation_enable(PG_FUNCTION_ARGS)
 typedef struct MaintainedTable
 {
 	Oid			relid;
+	char	   *name;			/* schema.table, quoted, as listed */
 	char	   *column;
 	Interval   *archive_after;	/* NULL: no archival */
 	Interval   *purge_after;	/* NULL: no purge */
@@ -1983,9 +1987,10 @@ MaintainedTables(void)
 
 	/* children first: their rows must reach the archive before a parent's cascade */
 	RunSql("SELECT s.tbl::pg_catalog.oid, s.column_name::pg_catalog.text, s.archive_after, "
-		   "       s.purge_after, a.oid "
+		   "       s.purge_after, a.oid, pg_catalog.format('%I.%I', n.nspname, c.relname) "
 		   "FROM apicore.soft_delete_settings s "
 		   "JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.tbl::pg_catalog.oid "
+		   "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
 		   "LEFT JOIN pg_catalog.pg_class a "
 		   "       ON a.oid OPERATOR(pg_catalog.=) s.archive_table::pg_catalog.oid "
 		   "WHERE s.archive_after IS NOT NULL OR s.purge_after IS NOT NULL "
@@ -2008,6 +2013,7 @@ MaintainedTables(void)
 		mt->purge_after = CopyInterval(row, desc, 4);
 		value = SPI_getbinval(row, desc, 5, &isnull);
 		mt->archive = isnull ? InvalidOid : DatumGetObjectId(value);
+		mt->name = SPI_getvalue(row, desc, 6);
 		tables = lappend(tables, mt);
 	}
 	return tables;
@@ -2136,7 +2142,7 @@ MaintainTable(MaintainedTable *mt)
 	}
 	PG_END_TRY();
 	return psprintf("%s: archived " UINT64_FORMAT ", purged " UINT64_FORMAT,
-					QualifiedName(mt->relid), archived, purged);
+					mt->name, archived, purged);
 }
 
 /* One table's maintenance as the body of a subtransaction. */
@@ -2178,9 +2184,9 @@ MaintainTableSafely(MaintainedTable *mt)
 	if (failure == NULL)
 		return run.detail;
 	ereport(WARNING,
-			(errmsg("apicore: soft-delete maintenance of table %u failed: %s", mt->relid,
+			(errmsg("apicore: soft-delete maintenance of %s failed: %s", mt->name,
 					failure->message)));
-	return psprintf("%s: failed: %s", QualifiedName(mt->relid), failure->message);
+	return psprintf("%s: failed: %s", mt->name, failure->message);
 }
 
 static void
