@@ -453,6 +453,12 @@ RESET ROLE;
 SET ROLE sds_app;
 SELECT apicore.tenant_set(:'t1') AS old_token_tenant;
 RESET ROLE;
+-- a retired key: its tokens stop verifying (the trigger on the key table drops every backend's copy)
+DELETE FROM apicore.tenant_key WHERE key_id = 1;
+SET ROLE sds_app;
+SELECT pg_temp.err(format('SELECT apicore.tenant_set(%L)', :'t1'));
+RESET ROLE;
+SELECT pg_temp.err($$SELECT apicore._tenant_key_changed()$$);
 
 -- the tenant of the login role: SET ROLE and SET do not change it
 SET ROLE sds_issuer;
@@ -487,8 +493,11 @@ SELECT apicore.tenant_role_set('sds_tenant_b', NULL);
 RESET ROLE;
 
 -- DISCARD ALL clears a session tenant too (and this session's temporary objects)
+SET ROLE sds_issuer;
+SELECT apicore.tenant_token('2') AS t3 \gset
+RESET ROLE;
 SET ROLE sds_app;
-SELECT apicore.tenant_set(:'t2', false) AS tenant;
+SELECT apicore.tenant_set(:'t3', false) AS tenant;
 DISCARD ALL;
 SELECT apicore.current_tenant() AS after_discard_all;
 

@@ -27,6 +27,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -67,6 +68,8 @@ PG_FUNCTION_INFO_V1(apicore_tenant_rotate_key);
 PG_FUNCTION_INFO_V1(apicore_tenant_role_set);
 PG_FUNCTION_INFO_V1(apicore_session_tenant);
 
+static void KeyTableInvalidated(Datum arg, Oid relid);
+
 static void
 RoleTableInvalidated(Datum arg, Oid relid)
 {
@@ -84,6 +87,7 @@ TenantInit(void)
 							   GUC_DISALLOW_IN_FILE | GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
 	CacheRegisterRelcacheCallback(RoleTableInvalidated, (Datum) 0);
+	CacheRegisterRelcacheCallback(KeyTableInvalidated, (Datum) 0);
 }
 
 /* ---------- helpers ---------- */
@@ -159,38 +163,113 @@ GetBigEndian(const uint8 *in, int bytes)
 /* ---------- keys ---------- */
 
 /*
+ * The backend's copy of apicore.tenant_key, so that verifying a token costs
+ * no query.  Dropped on any relcache invalidation of the table, which its
+ * statement trigger sends on every change (a new key, a retired one).
+ */
+typedef struct TenantKey
+{
+	int32		key_id;
+	uint8		key[crypto_auth_KEYBYTES];
+} TenantKey;
+
+static struct
+{
+	bool		valid;
+	Oid			table;
+	int			nkeys;
+	TenantKey  *keys;			/* TopMemoryContext, ascending key_id */
+} key_cache;
+
+static void
+ForgetTenantKeys(void)
+{
+	if (key_cache.keys)
+	{
+		sodium_memzero(key_cache.keys, sizeof(TenantKey) * key_cache.nkeys);
+		pfree(key_cache.keys);
+	}
+	key_cache.keys = NULL;
+	key_cache.nkeys = 0;
+	key_cache.valid = false;
+}
+
+static void
+KeyTableInvalidated(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == key_cache.table)
+		ForgetTenantKeys();
+}
+
+static void
+LoadTenantKeys(void)
+{
+	ForgetTenantKeys();
+	key_cache.table = TenantTable("tenant_key");
+	SPI_connect();
+	RunAsTableOwner("tenant_key", "SELECT key_id, key FROM apicore.tenant_key ORDER BY key_id",
+					0, NULL, NULL);
+	key_cache.keys = MemoryContextAllocZero(TopMemoryContext,
+											sizeof(TenantKey) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int32		key_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		bytea	   *stored = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (VARSIZE_ANY_EXHDR(stored) != crypto_auth_KEYBYTES)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("apicore: tenant key %d is not %d bytes", key_id, crypto_auth_KEYBYTES),
+					 errhint("Delete that row of apicore.tenant_key and call apicore.tenant_rotate_key().")));
+		key_cache.keys[i].key_id = key_id;
+		memcpy(key_cache.keys[i].key, VARDATA_ANY(stored), crypto_auth_KEYBYTES);
+		sodium_memzero(VARDATA_ANY(stored), crypto_auth_KEYBYTES);
+		key_cache.nkeys = (int) i + 1;
+	}
+	SPI_finish();
+	key_cache.valid = true;
+}
+
+/*
  * The key with id `key_id`, or the newest when key_id is 0, into `key`;
  * returns its id, or 0 when there is none.
  */
 static int32
 LoadKey(int32 key_id, uint8 key[crypto_auth_KEYBYTES])
 {
-	Oid			types[1] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(key_id)};
-	int32		found = 0;
+	const TenantKey *found = NULL;
 
-	SPI_connect();
-	RunAsTableOwner("tenant_key",
-					"SELECT key_id, key FROM apicore.tenant_key "
-					"WHERE $1 OPERATOR(pg_catalog.=) 0 OR key_id OPERATOR(pg_catalog.=) $1 "
-					"ORDER BY key_id DESC LIMIT 1", 1, types, values);
-	if (SPI_processed == 1)
-	{
-		bool		isnull;
-		bytea	   *stored = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
-														   SPI_tuptable->tupdesc, 2, &isnull));
+	if (!key_cache.valid)
+		LoadTenantKeys();
+	if (key_id == 0 && key_cache.nkeys > 0)
+		found = &key_cache.keys[key_cache.nkeys - 1];
+	for (int i = 0; key_id != 0 && i < key_cache.nkeys && found == NULL; i++)
+		if (key_cache.keys[i].key_id == key_id)
+			found = &key_cache.keys[i];
+	if (found == NULL)
+		return 0;
+	memcpy(key, found->key, crypto_auth_KEYBYTES);
+	return found->key_id;
+}
 
-		found = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		if (VARSIZE_ANY_EXHDR(stored) != crypto_auth_KEYBYTES)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("apicore: tenant key %d is not %d bytes", found, crypto_auth_KEYBYTES),
-					 errhint("Delete that row of apicore.tenant_key and call apicore.tenant_rotate_key().")));
-		memcpy(key, VARDATA_ANY(stored), crypto_auth_KEYBYTES);
-		sodium_memzero(VARDATA_ANY(stored), crypto_auth_KEYBYTES);
-	}
-	SPI_finish();
-	return found;
+/*
+ * Statement trigger on apicore.tenant_key: any change sends a relcache
+ * invalidation at commit, so every backend (and hot standby) reloads its keys.
+ */
+PG_FUNCTION_INFO_V1(apicore_tenant_key_changed);
+
+Datum
+apicore_tenant_key_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("apicore: _tenant_key_changed() is a trigger function"),
+				 errhint("It belongs to the trigger on apicore.tenant_key.")));
+	CacheInvalidateRelcacheByRelid(TenantTable("tenant_key"));
+	return PointerGetDatum(NULL);
 }
 
 /* Store a new random key with the next id; returns the id. */
@@ -216,6 +295,9 @@ AddKey(void)
 	key_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 	sodium_memzero(VARDATA(value), crypto_auth_KEYBYTES);
+	/* runs the trigger's invalidation here now, so this backend sees the key */
+	CommandCounterIncrement();
+	ForgetTenantKeys();
 	return key_id;
 }
 

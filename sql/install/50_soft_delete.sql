@@ -95,6 +95,14 @@ COMMENT ON TABLE apicore.tenant_key IS
     'tenant token keys (owner only): the highest key_id signs new tokens, every row verifies old ones';
 REVOKE ALL ON apicore.tenant_key FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('apicore.tenant_key', '');
+-- Every backend caches the keys; any change to the table tells them to reload.
+CREATE FUNCTION apicore._tenant_key_changed() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'apicore_tenant_key_changed';
+REVOKE ALL ON FUNCTION apicore._tenant_key_changed() FROM PUBLIC;
+CREATE TRIGGER tenant_key_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apicore.tenant_key
+    FOR EACH STATEMENT EXECUTE FUNCTION apicore._tenant_key_changed();
 
 -- Login roles whose sessions act for a tenant (mode 'role').
 CREATE TABLE apicore.tenant_role (
