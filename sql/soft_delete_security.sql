@@ -248,6 +248,39 @@ SELECT pg_temp.err($$SELECT apicore._soft_delete_cascade()$$);
 RESET ROLE;
 SELECT id, deleted_at IS NULL AS live FROM sds_vic.child ORDER BY id;
 
+-- ---------- a soft-delete child of another owner ----------
+-- enable makes the cascade trigger on the parent as the parent's owner (as a
+-- foreign key's triggers are made); the cascade runs as the child's owner,
+-- so the child owner's triggers never run as the parent's owner
+SET ROLE sds_victim;
+GRANT REFERENCES ON sds_vic.parent TO sds_attacker;
+INSERT INTO sds_vic.parent VALUES (5, 'five');
+RESET ROLE;
+SET ROLE sds_attacker;
+CREATE TABLE sds_att.kid (id int PRIMARY KEY, parent_id int REFERENCES sds_vic.parent ON DELETE CASCADE);
+CREATE TABLE sds_att.kid_log (who name);
+CREATE FUNCTION sds_att.kid_note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO sds_att.kid_log VALUES (current_user);
+    RETURN NEW;
+END $$;
+INSERT INTO sds_att.kid VALUES (50, 5);
+SELECT apicore.soft_delete_enable('sds_att.kid');
+CREATE TRIGGER note AFTER UPDATE ON sds_att.kid FOR EACH ROW EXECUTE FUNCTION sds_att.kid_note();
+RESET ROLE;
+SELECT count(*) AS cascade_triggers FROM pg_trigger
+ WHERE tgrelid = 'sds_vic.parent'::regclass AND tgname LIKE 'apicore_soft_delete_cascade_%';
+SET ROLE sds_victim;
+DELETE FROM sds_vic.parent WHERE id = 5;
+RESET ROLE;
+SELECT who FROM sds_att.kid_log;
+SELECT id, deleted_at IS NOT NULL AS soft_deleted FROM sds_att.kid;
+SET ROLE sds_attacker;
+SELECT apicore.soft_delete_disable('sds_att.kid');
+RESET ROLE;
+SELECT count(*) AS cascade_triggers_left FROM pg_trigger
+ WHERE tgrelid = 'sds_vic.parent'::regclass AND tgname LIKE 'apicore_soft_delete_cascade_%';
+
 -- ---------- apicore's tables are written only through apicore's functions ----------
 CREATE TEMP TABLE writes (role text, tbl text, stmt text, result text);
 DO $$
