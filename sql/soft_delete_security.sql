@@ -16,8 +16,9 @@ CREATE ROLE sds_app;
 CREATE ROLE sds_issuer IN ROLE apicore_tenant_issuer;
 CREATE ROLE sds_tenant_a;
 CREATE ROLE sds_tenant_b;
--- the attacker works support: it may restore and purge anyone's rows
-GRANT apicore_soft_delete_admin TO sds_attacker;
+-- the attacker works support: it may restore and purge anyone's rows, and
+-- it runs the authentication service: it mints tenant tokens and maps roles
+GRANT apicore_soft_delete_admin, apicore_tenant_issuer TO sds_attacker;
 -- a database whose public schema is writable by everyone, as before PostgreSQL 15
 GRANT CREATE ON SCHEMA public TO sds_attacker;
 CREATE SCHEMA sds_att AUTHORIZATION sds_attacker;
@@ -154,13 +155,11 @@ SELECT apicore.soft_delete_purge('sds_vic.parent', '{"id": 3}') AS purged;
 -- the cascade trigger: the attacker's DELETE on the victim's parent reaches
 -- the child, whose owner the cascade runs as
 DELETE FROM sds_vic.parent WHERE id = 2;
--- tenant tokens: verifying reads the key as its owner
-RESET ROLE;
-SET ROLE sds_issuer;
+-- tenant tokens and role tenants: keys and the role map are read and
+-- written as their table's owner
 SELECT apicore.tenant_token('1', '1 hour') AS token1 \gset
-RESET ROLE;
-SET ROLE sds_attacker;
-SET search_path = sds_att, pg_catalog, public;
+SELECT apicore.tenant_role_set('sds_tenant_a', 'x');
+SELECT apicore.tenant_role_set('sds_tenant_a', NULL);
 BEGIN;
 SELECT apicore.tenant_set(:'token1') AS tenant;
 SELECT apicore.current_tenant();
@@ -176,6 +175,7 @@ ALTER TABLE sds_vic.parent DISABLE TRIGGER note;
 UPDATE sds_vic.parent SET deleted_at = now() - interval '2 hours' WHERE id = 2;
 ALTER TABLE sds_vic.parent ENABLE TRIGGER note;
 SELECT apicore._soft_delete_maintain();
+SELECT apicore.tenant_rotate_key() AS rotated_key;
 -- user triggers ran as the victim, or as the attacker for the attacker's own DELETE
 SELECT tbl, op, who, count(*) FROM sds_vic.trigger_log GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
 
@@ -487,7 +487,7 @@ SET ROLE sds_app;
 SELECT apicore.tenant_set(:'t1') AS old_token_tenant;
 RESET ROLE;
 -- a retired key: its tokens stop verifying (the trigger on the key table drops every backend's copy)
-DELETE FROM apicore.tenant_key WHERE key_id = 1;
+DELETE FROM apicore.tenant_key WHERE key_id = get_byte(pg_temp.unb64(:'t1'), 4);
 SET ROLE sds_app;
 SELECT pg_temp.err(format('SELECT apicore.tenant_set(%L)', :'t1'));
 RESET ROLE;
