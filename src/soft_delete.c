@@ -21,7 +21,18 @@
  * argument names the column.  Creating or dropping that trigger invalidates
  * the table's relcache entry, and with it every cached plan that touches it.
  * apicore.soft_delete_settings records what enable changed, for disable and
- * for the maintenance task.
+ * for the maintenance task; every value read back from it is checked against
+ * its table before use.
+ *
+ * Identities (all switches through ApicoreBecome, so SQL run under them
+ * resolves nothing the caller controls, and that SQL still qualifies its
+ * operators): DDL on a table runs as its owner, the cascade trigger on a
+ * parent is made and dropped as the parent's owner, restore/purge and the
+ * cascade run as the (child) table's owner past row-level security, settings
+ * rows are written as the settings table's owner, and the maintenance task
+ * archives and purges each table as its owner, never as the worker's
+ * superuser.  The tenant a policy compares with in modes 'token' and 'role'
+ * comes from tenant.c.
  */
 #include "postgres.h"
 
