@@ -1,5 +1,9 @@
 -- Soft delete enforced by row-level security: DELETE marks rows, reports them
 -- like a real DELETE, and no ordinary role (owner included) sees them again.
+-- Everything runs as ordinary roles (the table owner sd_owner, the
+-- application sd_app, support sd_support in apicore_soft_delete_admin, a
+-- BYPASSRLS reader sd_bypass); the superuser only creates them, backdates
+-- deletions (time passing) and runs maintenance (as the worker does).
 \set VERBOSITY default
 -- err(sql): the SQLSTATE, message and hint a statement raises
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $f$ DECLARE h text; BEGIN EXECUTE q; RETURN 'no error'; EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; RETURN SQLSTATE || ': ' || SQLERRM || coalesce(E'\n  HINT: ' || nullif(h, ''), ''); END $f$;
@@ -139,7 +143,6 @@ TRUNCATE sd.users;
 MERGE INTO sd.users u USING (VALUES (10)) v(id) ON u.id = v.id WHEN MATCHED THEN DELETE;
 MERGE INTO sd.users u USING (VALUES (10)) v(id) ON u.id = v.id
   WHEN MATCHED THEN UPDATE SET name = 'merged';
-RESET ROLE;
 
 -- bad input: each a documented SQLSTATE
 SELECT pg_temp.err($$SELECT apicore.soft_delete_enable('sd.users')$$);
@@ -165,10 +168,11 @@ SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.users', '{"id": null
 SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.users', NULL)$$);
 SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.users', '{"id": "abc"}')$$);
 SELECT pg_temp.err($$SELECT apicore.soft_delete_purge('sd.wrongtype', '{"id": 1}')$$);
+SELECT pg_temp.err($$SELECT apicore._soft_delete_guard()$$);
+RESET ROLE;
 SET ROLE sd_app;
 SELECT pg_temp.err($$SELECT apicore.soft_delete_disable('sd.users')$$);
 RESET ROLE;
-SELECT pg_temp.err($$SELECT apicore._soft_delete_guard()$$);
 
 -- DELETE ... USING and WHERE CURRENT OF mark rows too
 SET ROLE sd_owner;
@@ -188,7 +192,9 @@ CREATE VIEW sd.user_list AS SELECT id, email FROM sd.users;
 DELETE FROM sd.user_list WHERE id = 32 RETURNING id;
 SELECT count(*) AS still_visible FROM sd.users WHERE id IN (30, 31, 32);
 RESET ROLE;
+SET ROLE sd_bypass;
 SELECT count(*) AS marked FROM sd.users WHERE id IN (30, 31, 32) AND deleted_at IS NOT NULL;
+RESET ROLE;
 
 -- erasure: purge removes a row for real, live or deleted
 SET ROLE sd_owner;
@@ -196,7 +202,9 @@ SELECT apicore.soft_delete_purge('sd.users', '{"id": 3}') AS purged_deleted;
 SELECT apicore.soft_delete_purge('sd.users', '{"id": 10}') AS purged_live;
 SELECT apicore.soft_delete_purge('sd.users', '{"id": 10}') AS purged_again;
 RESET ROLE;
+SET ROLE sd_bypass;
 SELECT id FROM sd.users WHERE id IN (3, 10);
+RESET ROLE;
 
 -- disable: DELETE removes rows again, constraints and RLS come back
 SET ROLE sd_owner;
@@ -221,8 +229,11 @@ SELECT apicore.soft_delete_enable('sd.members');
 DELETE FROM sd.members WHERE org = 1;
 \echo deleted :ROW_COUNT
 RESET ROLE;
+SET ROLE sd_support;
 SELECT apicore.soft_delete_restore('sd.members', '{"uid": 2, "org": 1}') AS restored;
 SELECT pg_temp.err($$SELECT apicore.soft_delete_restore('sd.members', '{"org": 1}')$$);
+RESET ROLE;
+SET ROLE sd_owner;
 SELECT org, uid FROM sd.members WHERE deleted_at IS NULL;
 SELECT apicore.soft_delete_disable('sd.members');
 
@@ -234,10 +245,13 @@ SELECT apicore.soft_delete_enable('sd."Odd Table"', 'Gone At', archive_after => 
 DELETE FROM sd."Odd Table" WHERE "Key" = 1;
 \echo deleted :ROW_COUNT
 INSERT INTO sd."Odd Table" VALUES (3, 'a');
+GRANT SELECT ON sd."Odd Table_archive" TO sd_bypass;
 RESET ROLE;
 UPDATE sd."Odd Table" SET "Gone At" = now() - interval '2 hours' WHERE "Key" = 1;
 SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
+SET ROLE sd_bypass;
 SELECT "Key", "E-mail" FROM sd."Odd Table_archive";
+RESET ROLE;
 SET ROLE sd_owner;
 DELETE FROM sd."Odd Table" WHERE "Key" = 3;
 SELECT apicore.soft_delete_restore('sd."Odd Table"', '{"Key": 1}') AS restored;
@@ -248,6 +262,7 @@ SELECT apicore.soft_delete_disable('sd."Odd Table"');
 RESET ROLE;
 
 -- apicore.allow_truncate lets TRUNCATE through, removing rows for real
+SET ROLE sd_owner;
 CREATE TABLE sd.scratch (id int PRIMARY KEY);
 INSERT INTO sd.scratch VALUES (1), (2);
 SELECT apicore.soft_delete_enable('sd.scratch');
@@ -263,6 +278,7 @@ DROP TABLE sd.scratch;
 CREATE TABLE sd.gone (id int PRIMARY KEY);
 SELECT apicore.soft_delete_enable('sd.gone');
 DROP TABLE sd.gone;
+RESET ROLE;
 SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
 SELECT count(*) AS settings_rows FROM apicore.soft_delete_settings;
 DROP SCHEMA sd CASCADE;

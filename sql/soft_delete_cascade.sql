@@ -1,10 +1,14 @@
 -- Soft delete across foreign keys, archival and purge.
--- Runs as the tables' owner: a superuser bypasses row-level security.
+-- Runs as the tables' owner (a superuser bypasses row-level security) and a
+-- BYPASSRLS reader sdc_reader; the superuser only creates the roles,
+-- backdates deletions (time passing) and runs maintenance (as the worker does).
 \set VERBOSITY default
 -- err(sql): the SQLSTATE, message and hint a statement raises
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $f$ DECLARE h text; BEGIN EXECUTE q; RETURN 'no error'; EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; RETURN SQLSTATE || ': ' || SQLERRM || coalesce(E'\n  HINT: ' || nullif(h, ''), ''); END $f$;
 CREATE ROLE sdc_owner;
+CREATE ROLE sdc_reader BYPASSRLS;
 CREATE SCHEMA sdc AUTHORIZATION sdc_owner;
+GRANT USAGE ON SCHEMA sdc TO sdc_reader;
 SET ROLE sdc_owner;
 CREATE TABLE sdc.accounts (id int PRIMARY KEY, handle text UNIQUE, name text);
 CREATE TABLE sdc.projects (
@@ -43,11 +47,14 @@ UNION ALL SELECT 'projects', count(*) FROM sdc.projects
 UNION ALL SELECT 'tasks', count(*) FROM sdc.tasks
 UNION ALL SELECT 'audit', count(*) FROM sdc.audit;
 -- children are marked with the parent's timestamp (same transaction)
+GRANT SELECT ON ALL TABLES IN SCHEMA sdc TO sdc_reader;
 RESET ROLE;
+SET ROLE sdc_reader;
 SELECT count(DISTINCT deleted_at) AS timestamps, count(*) AS marked_rows
   FROM (SELECT deleted_at FROM sdc.accounts WHERE deleted_at IS NOT NULL
         UNION ALL SELECT deleted_at FROM sdc.projects WHERE deleted_at IS NOT NULL
         UNION ALL SELECT deleted_at FROM sdc.tasks WHERE deleted_at IS NOT NULL) d;
+RESET ROLE;
 SET ROLE sdc_owner;
 -- the kept unique constraint still holds for deleted rows
 INSERT INTO sdc.accounts VALUES (3, 'ann', 'Ann again');
@@ -57,42 +64,57 @@ SELECT pg_temp.err($$SELECT apicore.soft_delete_disable('sdc.accounts')$$);
 
 -- archival: rows deleted longer ago than archive_after move to accounts_archive
 -- (the superuser backdates the deletion and runs maintenance)
+DELETE FROM sdc.accounts WHERE id = 2;    -- deleted just now: stays
 RESET ROLE;
 UPDATE sdc.accounts SET deleted_at = now() - interval '2 hours' WHERE id = 1;
-DELETE FROM sdc.accounts WHERE id = 2;    -- deleted just now: stays
 SELECT task, detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
+SET ROLE sdc_owner;
+GRANT SELECT ON sdc.accounts_archive TO sdc_reader;
+RESET ROLE;
+SET ROLE sdc_reader;
 SELECT id, handle, deleted_at IS NOT NULL AS deleted FROM sdc.accounts_archive;
 SELECT id, deleted_at IS NOT NULL AS deleted FROM sdc.accounts ORDER BY id;
 -- the archive is hidden from everyone but apicore and BYPASSRLS roles,
 -- its owner included
+RESET ROLE;
 SET ROLE sdc_owner;
 SELECT count(*) AS owner_sees FROM sdc.accounts_archive;
-RESET ROLE;
 -- a column added to the table reaches the archive on the next run
 ALTER TABLE sdc.accounts ADD COLUMN plan text;
+RESET ROLE;
 UPDATE sdc.accounts SET deleted_at = now() - interval '2 hours' WHERE id = 2;
 SELECT task, detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
+SET ROLE sdc_reader;
 SELECT id, plan FROM sdc.accounts_archive ORDER BY id;
 -- archiving the parent removed the children it cascades to, soft or not
 SELECT (SELECT count(*) FROM sdc.projects) AS projects, (SELECT count(*) FROM sdc.audit) AS audit;
+RESET ROLE;
 
 -- restore from the archive, as the owner
 SET ROLE sdc_owner;
 SELECT apicore.soft_delete_restore('sdc.accounts', '{"id": 1}') AS restored;
 SELECT id, handle, deleted_at FROM sdc.accounts WHERE id = 1;
 RESET ROLE;
+SET ROLE sdc_reader;
 SELECT count(*) AS still_archived FROM sdc.accounts_archive;
+RESET ROLE;
 
 -- purge: rows deleted longer ago than purge_after go, from table and archive
-UPDATE sdc.accounts_archive SET deleted_at = now() - interval '31 days';
+SET ROLE sdc_owner;
 DELETE FROM sdc.accounts WHERE id = 1;
+RESET ROLE;
+UPDATE sdc.accounts_archive SET deleted_at = now() - interval '31 days';
 SELECT task, detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
+SET ROLE sdc_reader;
 SELECT (SELECT count(*) FROM sdc.accounts_archive) AS archived,
        (SELECT count(*) FROM apicore.soft_delete_settings WHERE last_maintenance IS NOT NULL) AS recorded;
+RESET ROLE;
 
 -- batches: apicore.soft_delete_batch_size rows per table per run
+SET ROLE sdc_owner;
 INSERT INTO sdc.accounts (id, handle) SELECT g, 'h' || g FROM generate_series(1000, 1024) g;
 DELETE FROM sdc.accounts WHERE id >= 1000;
+RESET ROLE;
 UPDATE sdc.accounts SET deleted_at = now() - interval '2 hours' WHERE id >= 1000;
 SET apicore.soft_delete_batch_size = 10;
 SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
@@ -100,7 +122,9 @@ SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_p
 SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
 SELECT detail FROM apicore.run_maintenance() WHERE task = 'soft_delete_archive_purge';
 RESET apicore.soft_delete_batch_size;
+SET ROLE sdc_reader;
 SELECT count(*) AS archived FROM sdc.accounts_archive WHERE id >= 1000;
+RESET ROLE;
 
 -- a purge by key erases the children through ON DELETE CASCADE
 SET ROLE sdc_owner;
@@ -110,8 +134,10 @@ INSERT INTO sdc.tasks VALUES (500, 50, 't');
 DELETE FROM sdc.projects WHERE id = 50;
 SELECT apicore.soft_delete_purge('sdc.accounts', '{"id": 5}') AS purged;
 RESET ROLE;
+SET ROLE sdc_reader;
 SELECT (SELECT count(*) FROM sdc.projects WHERE id = 50) AS project,
        (SELECT count(*) FROM sdc.tasks WHERE id = 500) AS task;
+RESET ROLE;
 
 -- restoring a row restores what its delete cascaded to, and only that
 SET ROLE sdc_owner;
@@ -142,9 +168,12 @@ INSERT INTO sdc.accounts (id, handle) VALUES (7, 'gus');
 INSERT INTO sdc.projects VALUES (70, 7, 'g1');
 INSERT INTO sdc.tasks (id, project_id, title, label_id) VALUES (700, 70, 'labelled', 1);
 SELECT pg_temp.err($$DELETE FROM sdc.labels WHERE id = 1$$);
+GRANT SELECT ON sdc.labels TO sdc_reader;
 RESET ROLE;
+SET ROLE sdc_reader;
 SELECT count(*) AS labels, (SELECT count(*) FROM sdc.tasks WHERE id = 700 AND deleted_at IS NULL) AS task_live
   FROM sdc.labels;
+RESET ROLE;
 SET ROLE sdc_owner;
 
 -- the windows can change later; the archive is made when first needed
@@ -165,4 +194,4 @@ SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgname LIKE 'apicore%';
 
 RESET ROLE;
 DROP SCHEMA sdc CASCADE;
-DROP ROLE sdc_owner;
+DROP ROLE sdc_owner, sdc_reader;

@@ -1,5 +1,8 @@
 -- Tenant isolation: a restrictive policy on current_setting(setting); unset
 -- sees nothing; writes into another tenant are refused; soft delete ANDs in.
+-- Mode 'setting' is not injection-proof (any SQL can SET it); modes 'token'
+-- and 'role' are attacked in soft_delete_security.  Runs as the table's
+-- owner ti_app; the superuser only creates the role and schema.
 \set VERBOSITY default
 -- err(sql): the SQLSTATE, message and hint a statement raises
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $f$ DECLARE h text; BEGIN EXECUTE q; RETURN 'no error'; EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; RETURN SQLSTATE || ': ' || SQLERRM || coalesce(E'\n  HINT: ' || nullif(h, ''), ''); END $f$;
@@ -36,7 +39,6 @@ DELETE FROM ti.orders WHERE id = 3;
 \echo deleted :ROW_COUNT
 SELECT id, item FROM ti.orders ORDER BY id;
 -- apicore's policies on the table: both restrictive ones AND with any permissive one
-RESET ROLE;
 SELECT polname, polpermissive FROM pg_policy WHERE polrelid = 'ti.orders'::regclass ORDER BY polname;
 
 -- bad input
@@ -46,9 +48,11 @@ SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable('ti.orders', 'tenant
 SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable('ti.orders', 'tenant_id', 'app.x; DROP TABLE y')$$);
 SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable('ti.orders', 'tenant_id', NULL)$$);
 SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable(NULL)$$);
+SELECT pg_temp.err($$SELECT apicore.tenant_isolation_enable('ti.orders', mode => NULL)$$);
+-- the policy compares with the column type's own equality, whatever search_path says
+SELECT pg_get_expr(polqual, polrelid) FROM pg_policy WHERE polname = 'apicore_tenant_isolation';
 
 -- disabling soft delete keeps tenant isolation (and RLS) in place
-SET ROLE ti_app;
 SELECT apicore.soft_delete_disable('ti.orders');
 SET app.current_tenant = '2';
 SELECT id, deleted_at IS NOT NULL AS was_deleted FROM ti.orders ORDER BY id;

@@ -32,6 +32,7 @@ static const ApicoreCapability capabilities[] = {
 	{"rate_limit", RateLimitInit, RateLimitShmemRequest, RateLimitShmemStartup},
 	{"saga", SagaInit, SagaShmemRequest, SagaShmemStartup},
 	{"soft_delete", SoftDeleteInit, NULL, NULL},
+	{"tenant", TenantInit, NULL, NULL},
 };
 
 #define NUM_CAPABILITIES (sizeof(capabilities) / sizeof(capabilities[0]))

@@ -102,5 +102,6 @@ extern void SagaInit(void);
 extern void SagaShmemRequest(void);
 extern void SagaShmemStartup(void);
 extern void SoftDeleteInit(void);
+extern void TenantInit(void);
 
 #endif							/* APICORE_H */

@@ -21,7 +21,18 @@
  * argument names the column.  Creating or dropping that trigger invalidates
  * the table's relcache entry, and with it every cached plan that touches it.
  * apicore.soft_delete_settings records what enable changed, for disable and
- * for the maintenance task.
+ * for the maintenance task; every value read back from it is checked against
+ * its table before use.
+ *
+ * Identities (all switches through ApicoreBecome, so SQL run under them
+ * resolves nothing the caller controls, and that SQL still qualifies its
+ * operators): DDL on a table runs as its owner, the cascade trigger on a
+ * parent is made and dropped as the parent's owner, restore/purge and the
+ * cascade run as the (child) table's owner past row-level security, settings
+ * rows are written as the settings table's owner, and the maintenance task
+ * archives and purges each table as its owner, never as the worker's
+ * superuser.  The tenant a policy compares with in modes 'token' and 'role'
+ * comes from tenant.c.
  */
 #include "postgres.h"
 
@@ -29,11 +40,13 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_inherits.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -41,6 +54,7 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "optimizer/planner.h"
+#include "parser/parser.h"
 #include "parser/parsetree.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
@@ -50,9 +64,11 @@
 #include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "apicore.h"
 
@@ -64,7 +80,15 @@
 #define PERMIT_POLICY		"apicore_permit_all"
 #define TENANT_POLICY		"apicore_tenant_isolation"
 #define ADMIN_ROLE			"apicore_soft_delete_admin"
+#define DEFAULT_TENANT_SETTING "app.current_tenant"
 #define ARCHIVE_SUFFIX		"_archive"
+
+/* SQL: c is a cascading foreign key of another table that references $1 */
+#define CHILD_FK_FILTER \
+	"c.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\" " \
+	"AND c.confrelid OPERATOR(pg_catalog.=) $1 " \
+	"AND c.confdeltype OPERATOR(pg_catalog.=) 'c'::pg_catalog.\"char\" " \
+	"AND c.conrelid OPERATOR(pg_catalog.<>) $1 "
 
 #if PG_VERSION_NUM >= 160000
 #define OwnsRelation(relid, role) object_ownercheck(RelationRelationId, relid, role)
@@ -109,15 +133,9 @@ typedef struct PrimaryKey
 {
 	int			ncolumns;
 	char	   *names[INDEX_MAX_KEYS];
-	char	   *types[INDEX_MAX_KEYS];	/* format_type with typmod */
+	char	   *types[INDEX_MAX_KEYS];	/* the type, schema-qualified, with typmod */
+	char	   *equals[INDEX_MAX_KEYS]; /* its equality, OPERATOR(schema.=) */
 } PrimaryKey;
-
-/* Saves the caller's identity while apicore acts as a table's owner. */
-typedef struct RoleSwitch
-{
-	Oid			saved_user;
-	int			saved_sec;
-} RoleSwitch;
 
 PG_FUNCTION_INFO_V1(apicore_soft_delete_enable);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_configure);
@@ -130,10 +148,28 @@ PG_FUNCTION_INFO_V1(apicore_soft_delete_cascade);
 PG_FUNCTION_INFO_V1(apicore_tenant_isolation_enable);
 
 /* used before their definitions */
-static Oid RelationOwner(Oid relid);
 static Oid ArchiveOf(Oid relid);
+static Oid CheckArchive(Oid relid, Oid archive);
 
 /* ---------- the planner hook ---------- */
+
+/*
+ * `attnum` if it is a column a soft delete can mark: the guard trigger is
+ * only a marker any table owner could forge, and the planner would build an
+ * UPDATE of a timestamptz into whatever column it names.
+ */
+static AttrNumber
+UsableColumn(Relation rel, AttrNumber attnum)
+{
+	Form_pg_attribute att;
+
+	if (attnum <= 0 || attnum > RelationGetNumberOfAttributes(rel))
+		return InvalidAttrNumber;
+	att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+	if (att->attisdropped || att->atttypid != TIMESTAMPTZOID || att->attgenerated)
+		return InvalidAttrNumber;
+	return attnum;
+}
 
 /*
  * The deleted-at column of a soft-delete table, or InvalidAttrNumber.  Read
@@ -155,7 +191,7 @@ SoftDeleteColumnOf(Oid relid)
 
 			if (trigger->tgnargs == 1 && strcmp(trigger->tgname, GUARD_TRIGGER) == 0)
 			{
-				attnum = get_attnum(relid, trigger->tgargs[0]);
+				attnum = UsableColumn(rel, get_attnum(relid, trigger->tgargs[0]));
 				break;
 			}
 		}
@@ -283,20 +319,6 @@ SoftDeleteInit(void)
 
 /* ---------- helpers for the SQL functions ---------- */
 
-static void
-BecomeRole(RoleSwitch *rs, Oid role)
-{
-	GetUserIdAndSecContext(&rs->saved_user, &rs->saved_sec);
-	SetUserIdAndSecContext(role, rs->saved_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_NOFORCE_RLS);
-}
-
-static void
-RestoreRole(RoleSwitch *rs)
-{
-	SetUserIdAndSecContext(rs->saved_user, rs->saved_sec);
-}
-
 /* Run one statement (SPI connected); returns the rows it processed. */
 static uint64
 RunSql(const char *sql, int nargs, Oid *types, Datum *values)
@@ -385,7 +407,17 @@ QualifiedName(Oid relid)
 									  get_rel_name(relid));
 }
 
-/* The column's type as SQL spells it, with its typmod. */
+/*
+ * A type as SQL spells it, with its typmod, schema-qualified whatever the
+ * search_path: the name is resolved later as another role.
+ */
+static char *
+TypeSql(Oid type, int32 typmod)
+{
+	return format_type_extended(type, typmod,
+								FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
+}
+
 static char *
 ColumnType(Oid relid, AttrNumber attnum)
 {
@@ -394,7 +426,39 @@ ColumnType(Oid relid, AttrNumber attnum)
 	Oid			collation;
 
 	get_atttypetypmodcoll(relid, attnum, &type, &typmod, &collation);
-	return format_type_with_typemod(type, typmod);
+	return TypeSql(type, typmod);
+}
+
+/* "OPERATOR(schema.name)": operator `opno` spelled so no search_path can change it. */
+static char *
+OperatorSql(Oid opno)
+{
+	HeapTuple	tuple = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Form_pg_operator op;
+	char	   *sql;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "apicore: cache lookup failed for operator %u", opno);
+	op = (Form_pg_operator) GETSTRUCT(tuple);
+	sql = psprintf("OPERATOR(%s.%s)", quote_identifier(get_namespace_name(op->oprnamespace)),
+				   NameStr(op->oprname));
+	ReleaseSysCache(tuple);
+	return sql;
+}
+
+/* The equality of `type`'s default btree or hash opclass, as OperatorSql. */
+static char *
+EqualitySql(Oid type, const char *column)
+{
+	TypeCacheEntry *entry = lookup_type_cache(type, TYPECACHE_EQ_OPR);
+
+	if (!OidIsValid(entry->eq_opr))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("apicore: column \"%s\" is of type %s, which has no default equality operator",
+						column, format_type_be(type)),
+				 errhint("Use a key column type with a default btree or hash operator class.")));
+	return OperatorSql(entry->eq_opr);
 }
 
 /* The table a foreign key references. */
@@ -415,23 +479,8 @@ ConstraintParent(Oid conoid)
 static Oid
 SettingsOwner(void)
 {
-	return RelationOwner(RangeVarGetRelid(makeRangeVar("apicore", "soft_delete_settings", -1),
-										  NoLock, false));
-}
-
-static Oid
-RelationOwner(Oid relid)
-{
-	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tuple))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("apicore: table with OID %u does not exist", relid)));
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
+	return ApicoreRelationOwner(RangeVarGetRelid(makeRangeVar("apicore", "soft_delete_settings", -1),
+												 NoLock, false));
 }
 
 /*
@@ -464,7 +513,7 @@ OpenTarget(Oid relid, LOCKMODE lockmode)
 				 errhint("Pass the table a view or foreign table reads from.")));
 
 	t.relid = relid;
-	t.owner = RelationOwner(relid);
+	t.owner = ApicoreRelationOwner(relid);
 	t.relname = get_rel_name(relid);
 	t.nspname = get_namespace_name(get_rel_namespace(relid));
 	t.qualname = quote_qualified_identifier(t.nspname, t.relname);
@@ -532,7 +581,8 @@ PrimaryKeyOf(SoftDeleteTable *t)
 											  index->indkey.values[i] - 1);
 
 		pk.names[i] = pstrdup(NameStr(att->attname));
-		pk.types[i] = format_type_with_typemod(att->atttypid, att->atttypmod);
+		pk.types[i] = TypeSql(att->atttypid, att->atttypmod);
+		pk.equals[i] = EqualitySql(att->atttypid, pk.names[i]);
 	}
 	ReleaseSysCache(tuple);
 	table_close(rel, NoLock);
@@ -587,8 +637,8 @@ PrimaryKeyMatch(PrimaryKey *pk, Jsonb *key, const char *relname)
 		value = findJsonbValueFromContainer(&key->root, JB_FOBJECT, &name);
 		if (value == NULL || value->type == jbvNull)
 			fits = false;
-		appendStringInfo(&where, "%s%s = ($1 OPERATOR(pg_catalog.->>) %s)::%s",
-						 i ? " AND " : "", quote_identifier(pk->names[i]),
+		appendStringInfo(&where, "%s%s %s ($1 OPERATOR(pg_catalog.->>) %s)::%s",
+						 i ? " AND " : "", quote_identifier(pk->names[i]), pk->equals[i],
 						 quote_literal_cstr(pk->names[i]), pk->types[i]);
 	}
 	if (!fits)
@@ -643,7 +693,8 @@ HasPolicy(Oid relid, const char *name)
 	Oid			types[2] = {OIDOID, TEXTOID};
 	Datum		values[2] = {ObjectIdGetDatum(relid), CStringGetTextDatum(name)};
 
-	return RunSql("SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid = $1 AND polname = $2",
+	return RunSql("SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid OPERATOR(pg_catalog.=) $1 "
+				  "AND polname::pg_catalog.text OPERATOR(pg_catalog.=) $2",
 				  2, types, values) > 0;
 }
 
@@ -656,7 +707,8 @@ HasPolicy(Oid relid, const char *name)
 static void
 ForceRowSecurity(SoftDeleteTable *t)
 {
-	if (RunSqlForTable("SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid = $1", t->relid) == 0)
+	if (RunSqlForTable("SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid OPERATOR(pg_catalog.=) $1",
+					   t->relid) == 0)
 		RunSqlf("CREATE POLICY %s ON %s AS PERMISSIVE FOR ALL TO PUBLIC USING (true) WITH CHECK (true)",
 				PERMIT_POLICY, t->qualname);
 	RunSqlf("ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY", t->qualname);
@@ -676,9 +728,11 @@ EnsureDeletedIndex(SoftDeleteTable *t, const char *column)
 	CStringGetTextDatum(psprintf("(%s IS NOT NULL)", quote_identifier(column)))};
 
 	if (RunSql("SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a "
-			   "  ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-			   "WHERE i.indrelid = $1 AND a.attname = $2::name "
-			   "  AND pg_catalog.pg_get_expr(i.indpred, i.indrelid) = $3",
+			   "  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid "
+			   " AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0] "
+			   "WHERE i.indrelid OPERATOR(pg_catalog.=) $1 "
+			   "  AND a.attname::pg_catalog.text OPERATOR(pg_catalog.=) $2 "
+			   "  AND pg_catalog.pg_get_expr(i.indpred, i.indrelid) OPERATOR(pg_catalog.=) $3",
 			   3, types, values) > 0)
 		return;
 	RunSqlf("CREATE INDEX ON %s (%s) WHERE %s IS NOT NULL", t->qualname,
@@ -695,12 +749,16 @@ CascadeParents(SoftDeleteTable *t)
 {
 	List	   *constraints = NIL;
 
-	RunSqlForTable("SELECT oid, confrelid::regclass::text, "
-		   "EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = c.confrelid "
-		   "        AND g.tgname = '" GUARD_TRIGGER "') "
-		   "FROM pg_catalog.pg_constraint c "
-		   "WHERE contype = 'f' AND conrelid = $1 AND confdeltype = 'c' AND confrelid <> $1",
-		   t->relid);
+	RunSqlForTable("SELECT c.oid, c.confrelid::pg_catalog.regclass::pg_catalog.text, "
+				   "EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g "
+				   "        WHERE g.tgrelid OPERATOR(pg_catalog.=) c.confrelid "
+				   "        AND g.tgname OPERATOR(pg_catalog.=) '" GUARD_TRIGGER "'::pg_catalog.name) "
+				   "FROM pg_catalog.pg_constraint c "
+				   "WHERE c.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\" "
+				   "  AND c.conrelid OPERATOR(pg_catalog.=) $1 "
+				   "  AND c.confdeltype OPERATOR(pg_catalog.=) 'c'::pg_catalog.\"char\" "
+				   "  AND c.confrelid OPERATOR(pg_catalog.<>) $1",
+				   t->relid);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];
@@ -733,11 +791,16 @@ CreateCascadeTriggers(SoftDeleteTable *t, List *constraints)
 		const char *column = quote_identifier(get_attname(parent, parent_column, false));
 		char		name[NAMEDATALEN];
 
+		ApicoreIdentity id;
+
+		/* as the parent's owner, as PostgreSQL makes a foreign key's triggers */
 		snprintf(name, sizeof(name), CASCADE_TRIGGER_FMT, conoid);
+		ApicoreBecome(&id, ApicoreRelationOwner(parent), 0);
 		RunSqlf("CREATE TRIGGER %s AFTER UPDATE OF %s ON %s FOR EACH ROW "
-				"WHEN ((OLD.%s IS NULL) <> (NEW.%s IS NULL)) "
+				"WHEN ((OLD.%s IS NULL) OPERATOR(pg_catalog.<>) (NEW.%s IS NULL)) "
 				"EXECUTE FUNCTION apicore._soft_delete_cascade('%u')",
 				name, column, QualifiedName(parent), column, column, conoid);
+		ApicoreRestore(&id);
 	}
 }
 
@@ -783,21 +846,49 @@ PrepareColumn(SoftDeleteTable *t, const char *column)
 	RequireNullableWithoutDefault(t, column, attnum);
 }
 
+/*
+ * A window is positive and at most MAX_WINDOW_YEARS in each of its fields,
+ * so now() minus it is always a valid timestamp.  Checked when a window is
+ * set and again when a stored one is used.
+ */
+#define MAX_WINDOW_YEARS 1000
+
+static void
+CheckWindow(const Interval *window, const char *name, const char *relname)
+{
+	Interval	zero = {0};
+	int64		max_days = (int64) MAX_WINDOW_YEARS * 366;
+
+	if (DatumGetBool(DirectFunctionCall2(interval_le, IntervalPGetDatum(window),
+										 IntervalPGetDatum(&zero))))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apicore: %s%s%s must be a positive interval", name,
+						relname ? " of " : "", relname ? relname : ""),
+				 errhint("Pass e.g. '30 days', or NULL to keep deleted rows in the table.")));
+	if (window->month > MAX_WINDOW_YEARS * MONTHS_PER_YEAR ||
+		window->month < -MAX_WINDOW_YEARS * MONTHS_PER_YEAR ||
+		window->day > max_days || window->day < -max_days ||
+		window->time > max_days * USECS_PER_DAY || window->time < -max_days * USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
+				 errmsg("apicore: %s%s%s is out of range", name,
+						relname ? " of " : "", relname ? relname : ""),
+				 errdetail("Each field of a window is at most %d years.", MAX_WINDOW_YEARS),
+				 errhint("Pass a shorter interval, e.g. '10 years'.")));
+}
+
 /* archive_after and purge_after are arguments `first` and `first` + 1. */
 static void
 CheckIntervals(FunctionCallInfo fcinfo, int first)
 {
 	Interval   *archive_after = PG_ARGISNULL(first) ? NULL : PG_GETARG_INTERVAL_P(first);
 	Interval   *purge_after = PG_ARGISNULL(first + 1) ? NULL : PG_GETARG_INTERVAL_P(first + 1);
-	Interval	zero = {0};
-	Datum		zero_datum = IntervalPGetDatum(&zero);
 
-	if ((archive_after && DatumGetBool(DirectFunctionCall2(interval_le, IntervalPGetDatum(archive_after), zero_datum))) ||
-		(purge_after && DatumGetBool(DirectFunctionCall2(interval_le, IntervalPGetDatum(purge_after), zero_datum))))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("apicore: archive_after and purge_after must be positive intervals"),
-				 errhint("Pass e.g. '30 days', or NULL to keep deleted rows in the table.")));
+	if (archive_after)
+		CheckWindow(archive_after, "archive_after", NULL);
+	if (purge_after)
+		CheckWindow(purge_after, "purge_after", NULL);
 	if (archive_after && purge_after &&
 		DatumGetBool(DirectFunctionCall2(interval_le, IntervalPGetDatum(purge_after),
 										 IntervalPGetDatum(archive_after))))
@@ -858,22 +949,25 @@ ConvertUniqueConstraints(SoftDeleteTable *t, const char *column, char **kept)
 
 	RunSql("SELECT coalesce(c.conname, r.relname), "
 		   "       EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f "
-		   "               WHERE f.contype = 'f' AND f.conindid = i.indexrelid), "
+		   "               WHERE f.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\" "
+		   "                 AND f.conindid OPERATOR(pg_catalog.=) i.indexrelid), "
 		   "       CASE WHEN c.oid IS NULL "
-		   "            THEN pg_catalog.format('DROP INDEX %s', i.indexrelid::regclass) "
+		   "            THEN pg_catalog.format('DROP INDEX %s', i.indexrelid::pg_catalog.regclass) "
 		   "            ELSE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', $3, c.conname) END, "
 		   "       pg_catalog.format('%s WHERE %I IS NULL', pg_catalog.pg_get_indexdef(i.indexrelid), $2), "
 		   "       pg_catalog.jsonb_build_object('index', pg_catalog.format('%I.%I', n.nspname, r.relname), 'restore', "
 		   "         CASE WHEN c.oid IS NULL THEN pg_catalog.pg_get_indexdef(i.indexrelid) "
 		   "              ELSE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', $3, "
-		   "                     c.conname, pg_catalog.pg_get_constraintdef(c.oid)) END)::text, "
-		   "       pg_catalog.to_jsonb(coalesce(c.conname, r.relname)::text)::text "
+		   "                     c.conname, pg_catalog.pg_get_constraintdef(c.oid)) END)::pg_catalog.text, "
+		   "       pg_catalog.to_jsonb(coalesce(c.conname, r.relname)::pg_catalog.text)::pg_catalog.text "
 		   "FROM pg_catalog.pg_index i "
-		   "JOIN pg_catalog.pg_class r ON r.oid = i.indexrelid "
-		   "JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace "
-		   "LEFT JOIN pg_catalog.pg_constraint c ON c.conindid = i.indexrelid "
-		   "     AND c.conrelid = i.indrelid AND c.contype = 'u' "
-		   "WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indisprimary AND i.indpred IS NULL "
+		   "JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) i.indexrelid "
+		   "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace "
+		   "LEFT JOIN pg_catalog.pg_constraint c ON c.conindid OPERATOR(pg_catalog.=) i.indexrelid "
+		   "     AND c.conrelid OPERATOR(pg_catalog.=) i.indrelid "
+		   "     AND c.contype OPERATOR(pg_catalog.=) 'u'::pg_catalog.\"char\" "
+		   "WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisunique AND NOT i.indisprimary "
+		   "  AND i.indpred IS NULL "
 		   "ORDER BY 1",
 		   3, types, values);
 	initStringInfo(&converted);
@@ -909,10 +1003,12 @@ ConvertUniqueConstraints(SoftDeleteTable *t, const char *column, char **kept)
 static void
 ReportPlainChildren(SoftDeleteTable *t)
 {
-	RunSqlForTable("SELECT conrelid::regclass::text FROM pg_catalog.pg_constraint c "
-				   "WHERE contype = 'f' AND confrelid = $1 AND confdeltype = 'c' AND conrelid <> $1 "
-				   "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = c.conrelid "
-				   "                  AND g.tgname = '" GUARD_TRIGGER "')",
+	RunSqlForTable("SELECT c.conrelid::pg_catalog.regclass::pg_catalog.text "
+				   "FROM pg_catalog.pg_constraint c "
+				   "WHERE " CHILD_FK_FILTER
+				   "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g "
+				   "                  WHERE g.tgrelid OPERATOR(pg_catalog.=) c.conrelid "
+				   "                  AND g.tgname OPERATOR(pg_catalog.=) '" GUARD_TRIGGER "'::pg_catalog.name)",
 				   t->relid);
 	for (uint64 i = 0; i < SPI_processed; i++)
 		ereport(NOTICE,
@@ -930,7 +1026,7 @@ RecordSettings(SoftDeleteTable *t, FunctionCallInfo fcinfo, Oid archive,
 	JSONBOID, BOOLOID, BOOLOID};
 	Datum		values[9];
 	char		nulls[9] = "         ";
-	RoleSwitch	rs;
+	ApicoreIdentity id;
 
 	values[0] = ObjectIdGetDatum(t->relid);
 	values[1] = PG_GETARG_DATUM(1);
@@ -946,14 +1042,14 @@ RecordSettings(SoftDeleteTable *t, FunctionCallInfo fcinfo, Oid archive,
 	nulls[4] = OidIsValid(archive) ? ' ' : 'n';
 
 	/* the settings table belongs to the extension, not to the table's owner */
-	BecomeRole(&rs, SettingsOwner());
+	ApicoreBecome(&id, SettingsOwner(), 0);
 	if (SPI_execute_with_args("INSERT INTO apicore.soft_delete_settings "
 							  "(tbl, column_name, archive_after, purge_after, archive_table, "
 							  " converted_unique, kept_unique, rls_enabled_by_apicore, rls_forced_by_apicore) "
 							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
 							  9, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "apicore: could not record soft delete settings");
-	RestoreRole(&rs);
+	ApicoreRestore(&id);
 }
 
 /*
@@ -972,6 +1068,7 @@ apicore_soft_delete_enable(PG_FUNCTION_ARGS)
 	Relation	rel;
 	bool		rls_was_enabled;
 	bool		rls_was_forced;
+	ApicoreIdentity id;
 
 	RequireArgument(fcinfo, 0, "tbl", "Pass the table, e.g. 'users'.");
 	RequireArgument(fcinfo, 1, "column_name", "Pass the deleted-at column, e.g. 'deleted_at'.");
@@ -996,7 +1093,9 @@ apicore_soft_delete_enable(PG_FUNCTION_ARGS)
 	rls_was_forced = rel->rd_rel->relforcerowsecurity;
 	table_close(rel, NoLock);
 
+	/* the table's owner makes what enable adds: it owns the archive too */
 	SPI_connect();
+	ApicoreBecome(&id, t.owner, 0);
 	cascade_fks = CascadeParents(&t);
 	PrepareColumn(&t, column);
 	if (!PG_ARGISNULL(2))
@@ -1016,6 +1115,7 @@ apicore_soft_delete_enable(PG_FUNCTION_ARGS)
 	CreateCascadeTriggers(&t, cascade_fks);
 	ReportPlainChildren(&t);
 	RecordSettings(&t, fcinfo, archive, converted, kept, rls_was_enabled, rls_was_forced);
+	ApicoreRestore(&id);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -1035,7 +1135,8 @@ apicore_soft_delete_configure(PG_FUNCTION_ARGS)
 	Oid			types[4] = {OIDOID, INTERVALOID, INTERVALOID, OIDOID};
 	Datum		values[4];
 	char		nulls[4] = "    ";
-	RoleSwitch	rs;
+	ApicoreIdentity owner;
+	ApicoreIdentity id;
 
 	RequireArgument(fcinfo, 0, "tbl", "Pass the table, e.g. 'users'.");
 	t = OpenTarget(PG_GETARG_OID(0), AccessExclusiveLock);
@@ -1046,6 +1147,7 @@ apicore_soft_delete_configure(PG_FUNCTION_ARGS)
 	CheckIntervals(fcinfo, 1);
 
 	SPI_connect();
+	ApicoreBecome(&owner, t.owner, 0);
 	archive = ArchiveOf(t.relid);
 	if (!PG_ARGISNULL(1) && !OidIsValid(archive))
 	{
@@ -1063,12 +1165,14 @@ apicore_soft_delete_configure(PG_FUNCTION_ARGS)
 	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
 	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
 	nulls[3] = OidIsValid(archive) ? ' ' : 'n';
-	BecomeRole(&rs, SettingsOwner());
+	ApicoreBecome(&id, SettingsOwner(), 0);
 	if (SPI_execute_with_args("UPDATE apicore.soft_delete_settings SET archive_after = $2, "
-							  "purge_after = $3, archive_table = $4 WHERE tbl = $1",
+							  "purge_after = $3, archive_table = $4 "
+							  "WHERE tbl::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
 							  4, types, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "apicore: could not record soft delete settings");
-	RestoreRole(&rs);
+	ApicoreRestore(&id);
+	ApicoreRestore(&owner);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -1083,10 +1187,13 @@ RefuseIfSoftDeleteChildren(SoftDeleteTable *t)
 	Datum		values[1] = {ObjectIdGetDatum(t->relid)};
 	char	   *child;
 
-	child = QueryText("SELECT conrelid::regclass::text FROM pg_catalog.pg_constraint c "
-					  "WHERE contype = 'f' AND confrelid = $1 AND confdeltype = 'c' AND conrelid <> $1 "
-					  "  AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = c.conrelid "
-					  "              AND g.tgname = '" GUARD_TRIGGER "') LIMIT 1",
+	child = QueryText("SELECT c.conrelid::pg_catalog.regclass::pg_catalog.text "
+					  "FROM pg_catalog.pg_constraint c "
+					  "WHERE " CHILD_FK_FILTER
+					  "  AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g "
+					  "              WHERE g.tgrelid OPERATOR(pg_catalog.=) c.conrelid "
+					  "              AND g.tgname OPERATOR(pg_catalog.=) '" GUARD_TRIGGER "'::pg_catalog.name) "
+					  "LIMIT 1",
 					  1, types, values);
 	if (child)
 		ereport(ERROR,
@@ -1100,11 +1207,119 @@ RefuseIfSoftDeleteChildren(SoftDeleteTable *t)
 static void
 DropCascadeTriggers(SoftDeleteTable *t)
 {
-	RunGeneratedStatements("SELECT pg_catalog.format('DROP TRIGGER %I ON %s', g.tgname, g.tgrelid::regclass) "
-						   "FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_trigger g "
-						   "  ON g.tgrelid = c.confrelid AND g.tgname = 'apicore_soft_delete_cascade_' || c.oid "
-						   "WHERE c.contype = 'f' AND c.conrelid = $1",
-						   t->relid, InvalidOid);
+	List	   *statements = NIL;
+	List	   *parents = NIL;
+	ListCell   *ls;
+	ListCell   *lp;
+
+	RunSqlForTable("SELECT pg_catalog.format('DROP TRIGGER %I ON %s', g.tgname, "
+				   "       g.tgrelid::pg_catalog.regclass), g.tgrelid "
+				   "FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_trigger g "
+				   "  ON g.tgrelid OPERATOR(pg_catalog.=) c.confrelid "
+				   " AND g.tgname::pg_catalog.text OPERATOR(pg_catalog.=) "
+				   "     pg_catalog.format('apicore_soft_delete_cascade_%s', c.oid) "
+				   "WHERE c.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\" "
+				   "  AND c.conrelid OPERATOR(pg_catalog.=) $1",
+				   t->relid);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		statements = lappend(statements, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		parents = lappend_oid(parents, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+																	  SPI_tuptable->tupdesc, 2, &isnull)));
+	}
+	/* as the parent's owner, who owns the trigger enable made */
+	forboth(ls, statements, lp, parents)
+	{
+		ApicoreIdentity id;
+
+		ApicoreBecome(&id, ApicoreRelationOwner(lfirst_oid(lp)), 0);
+		RunSql((char *) lfirst(ls), 0, NULL, NULL);
+		ApicoreRestore(&id);
+	}
+}
+
+/* A stored converted_unique entry that is not what enable writes. */
+static void
+RefuseStoredDdl(SoftDeleteTable *t, const char *what, const char *value)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("apicore: apicore.soft_delete_settings.converted_unique of \"%s\" holds %s: %s",
+					t->relname, what, value ? value : "NULL"),
+			 errhint("Restore the row from a backup, or remove the entry and recreate the unique constraint by hand.")));
+}
+
+/* The "index" of a converted_unique entry: a partial unique index on the table. */
+static char *
+ConvertedIndex(SoftDeleteTable *t, const char *name)
+{
+#if PG_VERSION_NUM >= 160000
+	List	   *names = name ? stringToQualifiedNameList(name, NULL) : NIL;
+#else
+	List	   *names = name ? stringToQualifiedNameList(name) : NIL;
+#endif
+	Oid			index = list_length(names) == 2 ?
+		RangeVarGetRelid(makeRangeVarFromNameList(names), NoLock, true) : InvalidOid;
+
+	if (!OidIsValid(index) || get_rel_relkind(index) != RELKIND_INDEX ||
+		IndexGetRelation(index, false) != t->relid)
+		RefuseStoredDdl(t, "an index that is not one of the table's", name);
+	return QualifiedName(index);
+}
+
+/*
+ * The relation a restore statement names, schema-qualified: 0.1.0 stored
+ * pg_get_indexdef under the caller's search_path, which may leave the table
+ * unqualified, and these statements now run with search_path = pg_catalog.
+ */
+static char *
+QualifyRestoreTarget(SoftDeleteTable *t, const char *sql, RangeVar *rv)
+{
+	const char *quoted = quote_identifier(t->relname);
+
+	if (rv->schemaname != NULL || rv->catalogname != NULL)
+		return pstrdup(sql);
+	if (strcmp(rv->relname, t->relname) != 0 || rv->location < 0 ||
+		strncmp(sql + rv->location, quoted, strlen(quoted)) != 0)
+		RefuseStoredDdl(t, "a statement on another table", sql);
+	return psprintf("%.*s%s%s", rv->location, sql, t->qualname,
+					sql + rv->location + strlen(quoted));
+}
+
+/*
+ * The "restore" of a converted_unique entry is run as DDL: accept exactly
+ * what enable writes there, CREATE UNIQUE INDEX ... ON the table (no
+ * predicate) or ALTER TABLE the table ADD CONSTRAINT ... UNIQUE.
+ */
+static char *
+CheckedRestoreStatement(SoftDeleteTable *t, const char *sql)
+{
+	List	   *parsed = sql ? raw_parser(sql, RAW_PARSE_DEFAULT) : NIL;
+	Node	   *stmt = list_length(parsed) == 1 ? linitial_node(RawStmt, parsed)->stmt : NULL;
+	RangeVar   *rv = NULL;
+	char	   *qualified;
+
+	if (stmt && IsA(stmt, IndexStmt) && ((IndexStmt *) stmt)->unique &&
+		((IndexStmt *) stmt)->whereClause == NULL && !((IndexStmt *) stmt)->concurrent)
+		rv = ((IndexStmt *) stmt)->relation;
+	else if (stmt && IsA(stmt, AlterTableStmt) &&
+			 list_length(((AlterTableStmt *) stmt)->cmds) == 1)
+	{
+		AlterTableCmd *cmd = linitial(((AlterTableStmt *) stmt)->cmds);
+
+		if (cmd->subtype == AT_AddConstraint && IsA(cmd->def, Constraint) &&
+			((Constraint *) cmd->def)->contype == CONSTR_UNIQUE)
+			rv = ((AlterTableStmt *) stmt)->relation;
+	}
+	if (rv == NULL)
+		RefuseStoredDdl(t, "a statement that does not restore a unique constraint", sql);
+	qualified = QualifyRestoreTarget(t, sql, rv);
+	if (RangeVarGetRelid(rv->schemaname ? rv : makeRangeVar(t->nspname, rv->relname, -1),
+						 NoLock, true) != t->relid)
+		RefuseStoredDdl(t, "a statement on another table", sql);
+	return qualified;
 }
 
 /*
@@ -1120,13 +1335,17 @@ RestoreUniqueConstraints(SoftDeleteTable *t, const char *converted)
 	List	   *statements = NIL;
 	ListCell   *lc;
 
-	RunSql("SELECT 'DROP INDEX ' || (e OPERATOR(pg_catalog.->>) 'index'), e OPERATOR(pg_catalog.->>) 'restore' "
+	RunSql("SELECT e OPERATOR(pg_catalog.->>) 'index', e OPERATOR(pg_catalog.->>) 'restore' "
 		   "FROM pg_catalog.jsonb_array_elements($1) e",
 		   1, types, values);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		statements = lappend(statements, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
-		statements = lappend(statements, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
+		char	   *index = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *restore = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		/* stored text becomes DDL: only what enable itself would have written */
+		statements = lappend(statements, psprintf("DROP INDEX %s", ConvertedIndex(t, index)));
+		statements = lappend(statements, CheckedRestoreStatement(t, restore));
 	}
 	PG_TRY();
 	{
@@ -1178,7 +1397,8 @@ apicore_soft_delete_disable(PG_FUNCTION_ARGS)
 	char	   *converted;
 	bool		enabled_by_apicore;
 	bool		forced_by_apicore;
-	RoleSwitch	rs;
+	ApicoreIdentity owner;
+	ApicoreIdentity id;
 
 	RequireArgument(fcinfo, 0, "tbl", "Pass the table, e.g. 'users'.");
 	t = OpenTarget(PG_GETARG_OID(0), AccessExclusiveLock);
@@ -1187,9 +1407,11 @@ apicore_soft_delete_disable(PG_FUNCTION_ARGS)
 	values[0] = ObjectIdGetDatum(t.relid);
 
 	SPI_connect();
+	ApicoreBecome(&owner, t.owner, 0);
 	RefuseIfSoftDeleteChildren(&t);
-	RunSql("SELECT converted_unique::text, rls_enabled_by_apicore, rls_forced_by_apicore "
-		   "FROM apicore.soft_delete_settings WHERE tbl = $1", 1, types, values);
+	RunSql("SELECT converted_unique::pg_catalog.text, rls_enabled_by_apicore, rls_forced_by_apicore "
+		   "FROM apicore.soft_delete_settings WHERE tbl::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+		   1, types, values);
 	if (SPI_processed == 1)
 	{
 		converted = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -1208,9 +1430,11 @@ apicore_soft_delete_disable(PG_FUNCTION_ARGS)
 	RelaxRowSecurity(&t, enabled_by_apicore, forced_by_apicore);
 	RestoreUniqueConstraints(&t, converted);
 
-	BecomeRole(&rs, SettingsOwner());
-	RunSql("DELETE FROM apicore.soft_delete_settings WHERE tbl = $1", 1, types, values);
-	RestoreRole(&rs);
+	ApicoreBecome(&id, SettingsOwner(), 0);
+	RunSql("DELETE FROM apicore.soft_delete_settings "
+		   "WHERE tbl::pg_catalog.oid OPERATOR(pg_catalog.=) $1", 1, types, values);
+	ApicoreRestore(&id);
+	ApicoreRestore(&owner);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -1223,11 +1447,39 @@ ArchiveOf(Oid relid)
 {
 	Oid			types[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(relid)};
-	char	   *archive = QueryText("SELECT s.archive_table::oid FROM apicore.soft_delete_settings s "
-									"JOIN pg_catalog.pg_class c ON c.oid = s.archive_table WHERE s.tbl = $1",
+	char	   *archive = QueryText("SELECT s.archive_table::pg_catalog.oid "
+									"FROM apicore.soft_delete_settings s JOIN pg_catalog.pg_class c "
+									"  ON c.oid OPERATOR(pg_catalog.=) s.archive_table::pg_catalog.oid "
+									"WHERE s.tbl::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
 									1, types, values);
 
-	return archive ? atooid(archive) : InvalidOid;
+	return archive ? CheckArchive(relid, atooid(archive)) : InvalidOid;
+}
+
+/*
+ * A stored archive_table is used only if it is what enable made: a plain
+ * table <tbl>_archive beside tbl, with tbl's owner.  Rows are moved into it
+ * and deleted from it as that owner.
+ */
+static Oid
+CheckArchive(Oid relid, Oid archive)
+{
+	char	   *relname = get_rel_name(relid);
+	char	   *expected = psprintf("%s%s", relname, ARCHIVE_SUFFIX);
+	char	   *name = get_rel_name(archive);
+
+	if (archive == relid || get_rel_relkind(archive) != RELKIND_RELATION || name == NULL ||
+		strcmp(name, expected) != 0 ||
+		get_rel_namespace(archive) != get_rel_namespace(relid) ||
+		ApicoreRelationOwner(archive) != ApicoreRelationOwner(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: the archive table recorded for \"%s\" is not its archive", relname),
+				 errdetail("apicore.soft_delete_settings names %s; the archive is a table \"%s\" in the same schema with the same owner.",
+						   name ? QualifiedName(archive) : "a dropped table", expected),
+				 errhint("ALTER TABLE %s OWNER TO the table's owner, or fix archive_table.",
+						 name ? QualifiedName(archive) : expected)));
+	return archive;
 }
 
 /* Raise a restore's unique violation again, saying what to do about it. */
@@ -1309,10 +1561,11 @@ apicore_soft_delete_restore(PG_FUNCTION_ARGS)
 	RowChange	rc = OpenForRowChange(fcinfo);
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile uint64 restored = 0;
-	RoleSwitch	rs;
+	ApicoreIdentity id;
 
+	/* as the owner past row-level security: deleted rows are hidden from it */
 	SPI_connect();
-	BecomeRole(&rs, rc.t.owner);
+	ApicoreBecome(&id, rc.t.owner, SECURITY_NOFORCE_RLS);
 	PG_TRY();
 	{
 		Oid			archive;
@@ -1331,7 +1584,7 @@ apicore_soft_delete_restore(PG_FUNCTION_ARGS)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	RestoreRole(&rs);
+	ApicoreRestore(&id);
 	SPI_finish();
 	PG_RETURN_INT64((int64) restored);
 }
@@ -1346,10 +1599,10 @@ apicore_soft_delete_purge(PG_FUNCTION_ARGS)
 {
 	RowChange	rc = OpenForRowChange(fcinfo);
 	volatile uint64 purged = 0;
-	RoleSwitch	rs;
+	ApicoreIdentity id;
 
 	SPI_connect();
-	BecomeRole(&rs, rc.t.owner);
+	ApicoreBecome(&id, rc.t.owner, SECURITY_NOFORCE_RLS);
 	hard_delete_depth++;
 	PG_TRY();
 	{
@@ -1365,12 +1618,22 @@ apicore_soft_delete_purge(PG_FUNCTION_ARGS)
 		hard_delete_depth--;
 	}
 	PG_END_TRY();
-	RestoreRole(&rs);
+	ApicoreRestore(&id);
 	SPI_finish();
 	PG_RETURN_INT64((int64) purged);
 }
 
 /* ---------- triggers ---------- */
+
+static void
+RefuseTrigger(const char *name, const char *relname)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+			 errmsg("apicore: %s() was called by a trigger on \"%s\" that apicore did not make",
+					name, relname),
+			 errhint("Only the triggers apicore.soft_delete_enable() creates may call it.")));
+}
 
 static TriggerData *
 RequireTrigger(FunctionCallInfo fcinfo, const char *name)
@@ -1381,6 +1644,25 @@ RequireTrigger(FunctionCallInfo fcinfo, const char *name)
 				 errmsg("apicore: %s() is a trigger function", name),
 				 errhint("apicore.soft_delete_enable() creates the triggers that use it.")));
 	return (TriggerData *) fcinfo->context;
+}
+
+/*
+ * The guard is attached twice by enable: BEFORE DELETE FOR EACH ROW with the
+ * column as argument, and BEFORE TRUNCATE FOR EACH STATEMENT.  Anything else
+ * is a trigger someone made by hand.
+ */
+static void
+RequireGuardTrigger(TriggerData *trigdata)
+{
+	Trigger    *trigger = trigdata->tg_trigger;
+	TriggerEvent event = trigdata->tg_event;
+	bool		row_guard = TRIGGER_FIRED_BY_DELETE(event) && TRIGGER_FIRED_FOR_ROW(event) &&
+		trigger->tgnargs == 1 && strcmp(trigger->tgname, GUARD_TRIGGER) == 0;
+	bool		truncate_guard = TRIGGER_FIRED_BY_TRUNCATE(event) &&
+		trigger->tgnargs == 0 && strcmp(trigger->tgname, TRUNCATE_TRIGGER) == 0;
+
+	if (!TRIGGER_FIRED_BEFORE(event) || !(row_guard || truncate_guard))
+		RefuseTrigger("_soft_delete_guard", RelationGetRelationName(trigdata->tg_relation));
 }
 
 /*
@@ -1396,6 +1678,7 @@ apicore_soft_delete_guard(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = RequireTrigger(fcinfo, "_soft_delete_guard");
 	const char *relname = RelationGetRelationName(trigdata->tg_relation);
 
+	RequireGuardTrigger(trigdata);
 	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
 	{
 		if (!allow_truncate)
@@ -1452,7 +1735,7 @@ CascadeStatement(HeapTuple contup, HeapTuple parent_row, TupleDesc desc, bool re
 							   &nsetcols, setcols);
 	initStringInfo(&sql);
 	if (restore)
-		appendStringInfo(&sql, "UPDATE ONLY %s SET %s = NULL WHERE %s = $%d",
+		appendStringInfo(&sql, "UPDATE ONLY %s SET %s = NULL WHERE %s OPERATOR(pg_catalog.=) $%d",
 						 QualifiedName(child), column, column, nkeys + 1);
 	else
 		appendStringInfo(&sql, "DELETE FROM ONLY %s WHERE true", QualifiedName(child));
@@ -1464,11 +1747,65 @@ CascadeStatement(HeapTuple contup, HeapTuple parent_row, TupleDesc desc, bool re
 		if (isnull)
 			return NULL;		/* a NULL key references nothing */
 		types[i] = TupleDescAttr(desc, confkey[i] - 1)->atttypid;
-		appendStringInfo(&sql, " AND %s = $%d",
-						 quote_identifier(get_attname(child, conkey[i], false)), i + 1);
+		/* the foreign key's own "referenced = referencing" operator */
+		appendStringInfo(&sql, " AND $%d %s %s", i + 1, OperatorSql(pf_eq[i]),
+						 quote_identifier(get_attname(child, conkey[i], false)));
 	}
 	*nargs = nkeys;
 	return sql.data;
+}
+
+/*
+ * The foreign key a cascade trigger names, or NULL when it was dropped.  Any
+ * table owner can attach the function to a trigger of their own with any
+ * argument: it must be enable's trigger (AFTER UPDATE FOR EACH ROW, named
+ * for the key, on a soft-delete table) and the key must cascade from the
+ * trigger's own table, so only rows that reference that table are touched.
+ */
+static HeapTuple
+CascadeConstraint(TriggerData *trigdata)
+{
+	Trigger    *trigger = trigdata->tg_trigger;
+	TriggerEvent event = trigdata->tg_event;
+	Oid			relid = RelationGetRelid(trigdata->tg_relation);
+	const char *relname = RelationGetRelationName(trigdata->tg_relation);
+	char		expected[NAMEDATALEN];
+	char	   *end = NULL;
+	unsigned long conoid = 0;
+	HeapTuple	contup;
+	Form_pg_constraint con;
+
+	if (trigger->tgnargs == 1)
+	{
+		errno = 0;
+		conoid = strtoul(trigger->tgargs[0], &end, 10);
+	}
+	if (trigger->tgnargs != 1 || errno != 0 || end == trigger->tgargs[0] || *end != '\0' ||
+		conoid == 0 || conoid > PG_UINT32_MAX ||
+		!TRIGGER_FIRED_BY_UPDATE(event) || !TRIGGER_FIRED_AFTER(event) ||
+		!TRIGGER_FIRED_FOR_ROW(event) || SoftDeleteColumnOf(relid) == InvalidAttrNumber)
+		RefuseTrigger("_soft_delete_cascade", relname);
+	snprintf(expected, sizeof(expected), CASCADE_TRIGGER_FMT, (Oid) conoid);
+	if (strcmp(trigger->tgname, expected) != 0)
+		RefuseTrigger("_soft_delete_cascade", relname);
+	contup = SearchSysCache1(CONSTROID, ObjectIdGetDatum((Oid) conoid));
+	if (!HeapTupleIsValid(contup))
+		return NULL;
+	con = (Form_pg_constraint) GETSTRUCT(contup);
+	if (con->contype != CONSTRAINT_FOREIGN || con->confrelid != relid ||
+		con->confdeltype != FKCONSTR_ACTION_CASCADE)
+	{
+		char	   *conname = pstrdup(NameStr(con->conname));
+		char	   *conrel = get_rel_name(con->conrelid);
+
+		ReleaseSysCache(contup);
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("apicore: a cascade trigger on \"%s\" names constraint \"%s\" of \"%s\", which is not an ON DELETE CASCADE foreign key referencing \"%s\"",
+						relname, conname, conrel ? conrel : "?", relname),
+				 errhint("Drop the trigger; apicore.soft_delete_enable() on the referencing table makes the right one.")));
+	}
+	return contup;
 }
 
 /*
@@ -1493,13 +1830,10 @@ apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
 	Oid			types[INDEX_MAX_KEYS + 1];
 	Datum		values[INDEX_MAX_KEYS + 1];
 	char	   *sql;
-	RoleSwitch	rs;
+	ApicoreIdentity id;
 
-	if (trigdata->tg_trigger->tgnargs != 1 || parent_column == InvalidAttrNumber ||
-		!TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
-		elog(ERROR, "apicore: _soft_delete_cascade() belongs to soft_delete_enable's UPDATE triggers");
-	contup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(atooid(trigdata->tg_trigger->tgargs[0])));
-	if (!HeapTupleIsValid(contup))
+	contup = CascadeConstraint(trigdata);
+	if (contup == NULL)
 		return PointerGetDatum(NULL);	/* the foreign key is gone */
 	child = ((Form_pg_constraint) GETSTRUCT(contup))->conrelid;
 	restore = heap_attisnull(trigdata->tg_newtuple, parent_column, desc);
@@ -1514,8 +1848,8 @@ apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
 		nargs++;
 	}
 
-	BecomeRole(&rs, RelationOwner(child));
 	SPI_connect();
+	ApicoreBecome(&id, ApicoreRelationOwner(child), SECURITY_NOFORCE_RLS);
 	cascade_depth++;
 	PG_TRY();
 	{
@@ -1526,8 +1860,8 @@ apicore_soft_delete_cascade(PG_FUNCTION_ARGS)
 		cascade_depth--;
 	}
 	PG_END_TRY();
+	ApicoreRestore(&id);
 	SPI_finish();
-	RestoreRole(&rs);
 	return PointerGetDatum(NULL);
 }
 
@@ -1551,25 +1885,59 @@ CheckSettingName(const char *setting)
 }
 
 /*
- * apicore.tenant_isolation_enable(tbl, column_name, setting): a restrictive
- * policy "column = current_setting(setting)" for reads and writes.  An unset
- * or empty setting matches nothing (fail closed).
+ * Where a policy finds the tenant.  'setting': a setting the application
+ * SETs (any SQL it runs can SET it too); 'token': apicore.current_tenant(),
+ * set only by apicore.tenant_set() from a signed token; 'role':
+ * apicore.session_tenant(), the tenant of the session's login role.
+ */
+static char *
+TenantSource(const char *mode, const char *setting)
+{
+	if (strcmp(mode, "setting") == 0)
+	{
+		CheckSettingName(setting);
+		/* NULLIF's = is found under search_path = pg_catalog: texteq */
+		return psprintf("NULLIF(pg_catalog.current_setting(%s, true), '')",
+						quote_literal_cstr(setting));
+	}
+	if (strcmp(setting, DEFAULT_TENANT_SETTING) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apicore: setting applies to mode 'setting' only, not to mode '%s'", mode),
+				 errhint("Leave setting out with mode '%s'.", mode)));
+	if (strcmp(mode, "token") == 0)
+		return pstrdup("apicore.current_tenant()");
+	if (strcmp(mode, "role") == 0)
+		return pstrdup("apicore.session_tenant()");
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("apicore: mode must be 'setting', 'token' or 'role', got '%s'", mode),
+			 errhint("'token' and 'role' hold against SQL injection; 'setting' does not.")));
+	return NULL;
+}
+
+/*
+ * apicore.tenant_isolation_enable(tbl, column_name, setting, mode): a
+ * restrictive policy "column = <the tenant>" for reads and writes, made as
+ * the table's owner.  No tenant (unset, empty, NULL) matches nothing: fail
+ * closed.
  */
 Datum
 apicore_tenant_isolation_enable(PG_FUNCTION_ARGS)
 {
 	SoftDeleteTable t;
 	const char *column;
-	char	   *setting;
 	AttrNumber	attnum;
+	char	   *source;
 	char	   *tenant;
+	ApicoreIdentity id;
 
 	RequireArgument(fcinfo, 0, "tbl", "Pass the table, e.g. 'orders'.");
 	RequireArgument(fcinfo, 1, "column_name", "Pass the tenant column, e.g. 'tenant_id'.");
 	RequireArgument(fcinfo, 2, "setting", "Pass the setting that holds the tenant, e.g. 'app.current_tenant'.");
+	RequireArgument(fcinfo, 3, "mode", "Pass 'token', 'role' or 'setting'.");
 	t = OpenTarget(PG_GETARG_OID(0), AccessExclusiveLock);
 	column = NameStr(*PG_GETARG_NAME(1));
-	setting = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	RequireOwner(&t);
 	attnum = get_attnum(t.relid, column);
 	if (attnum <= 0)
@@ -1577,20 +1945,23 @@ apicore_tenant_isolation_enable(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
 				 errmsg("apicore: column_name: column \"%s\" of \"%s\" does not exist", column, t.relname),
 				 errhint("Add the tenant column to the table first, or pass its name.")));
-	CheckSettingName(setting);
+	source = TenantSource(text_to_cstring(PG_GETARG_TEXT_PP(3)),
+						  text_to_cstring(PG_GETARG_TEXT_PP(2)));
 
 	SPI_connect();
+	ApicoreBecome(&id, t.owner, 0);
 	if (HasPolicy(t.relid, TENANT_POLICY))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("apicore: tbl: tenant isolation is already enabled on table \"%s\"", t.relname),
 				 errhint("DROP POLICY %s ON %s to change it.", TENANT_POLICY, t.qualname)));
-	tenant = psprintf("%s = NULLIF(pg_catalog.current_setting(%s, true), '')::%s",
-					  quote_identifier(column), quote_literal_cstr(setting),
+	tenant = psprintf("%s %s %s::%s", quote_identifier(column),
+					  EqualitySql(get_atttype(t.relid, attnum), column), source,
 					  ColumnType(t.relid, attnum));
 	ForceRowSecurity(&t);
 	RunSqlf("CREATE POLICY %s ON %s AS RESTRICTIVE FOR ALL TO PUBLIC USING (%s) WITH CHECK (%s)",
 			TENANT_POLICY, t.qualname, tenant, tenant);
+	ApicoreRestore(&id);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -1601,25 +1972,43 @@ apicore_tenant_isolation_enable(PG_FUNCTION_ARGS)
 typedef struct MaintainedTable
 {
 	Oid			relid;
+	char	   *name;			/* schema.table, quoted, as listed */
 	char	   *column;
-	Datum		archive_after;	/* interval, 0 if NULL */
-	Datum		purge_after;	/* interval, 0 if NULL */
+	Interval   *archive_after;	/* NULL: no archival */
+	Interval   *purge_after;	/* NULL: no purge */
 	Oid			archive;
+	Datum		archive_before; /* timestamptz cutoffs, from the windows */
+	Datum		purge_before;
 } MaintainedTable;
 
+static Interval *
+CopyInterval(HeapTuple row, TupleDesc desc, int column)
+{
+	bool		isnull;
+	Datum		value = SPI_getbinval(row, desc, column, &isnull);
+
+	return isnull ? NULL : DatumGetIntervalP(datumCopy(value, false, sizeof(Interval)));
+}
+
+/* Read as apicore's owner; every value is checked before use (CheckMaintained). */
 static List *
 MaintainedTables(void)
 {
 	List	   *tables = NIL;
 
 	/* children first: their rows must reach the archive before a parent's cascade */
-	RunSql("SELECT s.tbl::oid, s.column_name::text, s.archive_after, s.purge_after, a.oid "
+	RunSql("SELECT s.tbl::pg_catalog.oid, s.column_name::pg_catalog.text, s.archive_after, "
+		   "       s.purge_after, a.oid, pg_catalog.format('%I.%I', n.nspname, c.relname) "
 		   "FROM apicore.soft_delete_settings s "
-		   "JOIN pg_catalog.pg_class c ON c.oid = s.tbl "
-		   "LEFT JOIN pg_catalog.pg_class a ON a.oid = s.archive_table "
+		   "JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.tbl::pg_catalog.oid "
+		   "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+		   "LEFT JOIN pg_catalog.pg_class a "
+		   "       ON a.oid OPERATOR(pg_catalog.=) s.archive_table::pg_catalog.oid "
 		   "WHERE s.archive_after IS NOT NULL OR s.purge_after IS NOT NULL "
-		   "ORDER BY (SELECT count(*) FROM pg_catalog.pg_constraint f "
-		   "          WHERE f.contype = 'f' AND f.conrelid = s.tbl) DESC, s.tbl::oid",
+		   "ORDER BY (SELECT pg_catalog.count(*) FROM pg_catalog.pg_constraint f "
+		   "          WHERE f.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\" "
+		   "            AND f.conrelid OPERATOR(pg_catalog.=) s.tbl::pg_catalog.oid) DESC, "
+		   "         s.tbl::pg_catalog.oid",
 		   0, NULL, NULL);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -1631,38 +2020,83 @@ MaintainedTables(void)
 
 		mt->relid = DatumGetObjectId(SPI_getbinval(row, desc, 1, &isnull));
 		mt->column = SPI_getvalue(row, desc, 2);
-		value = SPI_getbinval(row, desc, 3, &isnull);
-		mt->archive_after = isnull ? (Datum) 0 : datumCopy(value, false, sizeof(Interval));
-		value = SPI_getbinval(row, desc, 4, &isnull);
-		mt->purge_after = isnull ? (Datum) 0 : datumCopy(value, false, sizeof(Interval));
+		mt->archive_after = CopyInterval(row, desc, 3);
+		mt->purge_after = CopyInterval(row, desc, 4);
 		value = SPI_getbinval(row, desc, 5, &isnull);
 		mt->archive = isnull ? InvalidOid : DatumGetObjectId(value);
+		mt->name = SPI_getvalue(row, desc, 6);
 		tables = lappend(tables, mt);
 	}
 	return tables;
+}
+
+/* now() - window: CheckWindow bounds the window, so this cannot overflow. */
+static Datum
+Cutoff(Interval *window)
+{
+	return DirectFunctionCall2(timestamptz_mi_interval,
+							   TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+							   IntervalPGetDatum(window));
+}
+
+/*
+ * A settings row is written by apicore, but only its owner's word says so:
+ * the table must still be a soft-delete table on that column, the windows
+ * in range, the archive what enable made.
+ */
+static void
+CheckMaintained(MaintainedTable *mt)
+{
+	SoftDeleteTable t = OpenTarget(mt->relid, RowExclusiveLock);
+	AttrNumber	attnum = SoftDeleteColumnOf(mt->relid);
+
+	if (attnum == InvalidAttrNumber || mt->column == NULL ||
+		strcmp(get_attname(mt->relid, attnum, false), mt->column) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: apicore.soft_delete_settings names column \"%s\" of \"%s\", which is not its soft-delete column",
+						mt->column ? mt->column : "NULL", t.relname),
+				 errhint("Call apicore.soft_delete_disable('%s') and enable it again.", t.qualname)));
+	if (mt->archive_after)
+	{
+		CheckWindow(mt->archive_after, "archive_after", t.relname);
+		mt->archive_before = Cutoff(mt->archive_after);
+	}
+	if (mt->purge_after)
+	{
+		CheckWindow(mt->purge_after, "purge_after", t.relname);
+		mt->purge_before = Cutoff(mt->purge_after);
+	}
+	if (OidIsValid(mt->archive))
+		(void) CheckArchive(mt->relid, mt->archive);
 }
 
 /* Columns added to the table since the archive was made are added to it too. */
 static void
 SyncArchiveColumns(MaintainedTable *mt)
 {
-	RunGeneratedStatements("SELECT pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', $2::regclass, a.attname, "
+	RunGeneratedStatements("SELECT pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', "
+						   "       $2::pg_catalog.regclass, a.attname, "
 						   "       pg_catalog.format_type(a.atttypid, a.atttypmod)) "
 						   "FROM pg_catalog.pg_attribute a "
-						   "WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped "
-						   "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b WHERE b.attrelid = $2 "
-						   "                  AND b.attname = a.attname AND NOT b.attisdropped)",
+						   "WHERE a.attrelid OPERATOR(pg_catalog.=) $1 "
+						   "  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped "
+						   "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b "
+						   "                  WHERE b.attrelid OPERATOR(pg_catalog.=) $2 "
+						   "                  AND b.attname OPERATOR(pg_catalog.=) a.attname "
+						   "                  AND NOT b.attisdropped)",
 						   mt->relid, mt->archive);
 }
 
 /*
- * The ctids of at most batch_size rows of `relname` deleted longer ago than
- * $1, locked; rows another transaction holds are left for the next run.
+ * The ctids of at most batch_size rows of `relname` deleted before $1,
+ * locked; rows another transaction holds are left for the next run.
  */
 static char *
 DueRows(const char *relname, const char *column)
 {
-	return psprintf("ctid = ANY (ARRAY(SELECT ctid FROM ONLY %s WHERE %s < pg_catalog.now() - $1 "
+	return psprintf("ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT ctid FROM ONLY %s "
+					"WHERE %s OPERATOR(pg_catalog.<) $1 "
 					"ORDER BY %s LIMIT $2 FOR UPDATE SKIP LOCKED))",
 					relname, quote_identifier(column), quote_identifier(column));
 }
@@ -1672,8 +2106,8 @@ ArchiveBatch(MaintainedTable *mt)
 {
 	char	   *relname = QualifiedName(mt->relid);
 	char	   *columns;
-	Oid			types[2] = {INTERVALOID, INT4OID};
-	Datum		values[2] = {mt->archive_after, Int32GetDatum(soft_delete_batch_size)};
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	Datum		values[2] = {mt->archive_before, Int32GetDatum(soft_delete_batch_size)};
 
 	SyncArchiveColumns(mt);
 	columns = SharedColumns(mt->relid, mt->archive, true, NULL, NULL);
@@ -1685,11 +2119,11 @@ ArchiveBatch(MaintainedTable *mt)
 }
 
 static uint64
-PurgeBatch(Oid relid, const char *column, Datum purge_after)
+PurgeBatch(Oid relid, const char *column, Datum purge_before)
 {
 	char	   *relname = QualifiedName(relid);
-	Oid			types[2] = {INTERVALOID, INT4OID};
-	Datum		values[2] = {purge_after, Int32GetDatum(soft_delete_batch_size)};
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	Datum		values[2] = {purge_before, Int32GetDatum(soft_delete_batch_size)};
 
 	return RunSql(psprintf("DELETE FROM ONLY %s WHERE %s", relname, DueRows(relname, column)),
 				  2, types, values);
@@ -1707,11 +2141,11 @@ MaintainTable(MaintainedTable *mt)
 	{
 		/* purge first: rows past both windows need not visit the archive */
 		if (mt->purge_after)
-			purged = PurgeBatch(mt->relid, mt->column, mt->purge_after);
+			purged = PurgeBatch(mt->relid, mt->column, mt->purge_before);
 		if (mt->archive_after && OidIsValid(mt->archive))
 			archived = ArchiveBatch(mt);
 		if (mt->purge_after && OidIsValid(mt->archive))
-			purged += PurgeBatch(mt->archive, mt->column, mt->purge_after);
+			purged += PurgeBatch(mt->archive, mt->column, mt->purge_before);
 	}
 	PG_FINALLY();
 	{
@@ -1719,7 +2153,51 @@ MaintainTable(MaintainedTable *mt)
 	}
 	PG_END_TRY();
 	return psprintf("%s: archived " UINT64_FORMAT ", purged " UINT64_FORMAT,
-					QualifiedName(mt->relid), archived, purged);
+					mt->name, archived, purged);
+}
+
+/* One table's maintenance as the body of a subtransaction. */
+typedef struct TableRun
+{
+	MaintainedTable *table;
+	MemoryContext result_cxt;
+	char	   *detail;
+} TableRun;
+
+/*
+ * As the table's owner, as autovacuum and REFRESH MATERIALIZED VIEW run: its
+ * triggers (and ON DELETE CASCADE to its children) never run as the worker's
+ * superuser.  Past row-level security, which hides deleted rows from the owner.
+ */
+static void
+MaintainTableBody(void *arg)
+{
+	TableRun   *run = arg;
+	ApicoreIdentity id;
+	char	   *detail;
+
+	SPI_connect();
+	CheckMaintained(run->table);
+	ApicoreBecome(&id, ApicoreRelationOwner(run->table->relid), SECURITY_NOFORCE_RLS);
+	detail = MaintainTable(run->table);
+	ApicoreRestore(&id);
+	run->detail = MemoryContextStrdup(run->result_cxt, detail);
+	SPI_finish();
+}
+
+/* A table that fails (a trigger's error, a bad settings row) does not stop the others. */
+static char *
+MaintainTableSafely(MaintainedTable *mt)
+{
+	TableRun	run = {mt, CurrentMemoryContext, NULL};
+	ErrorData  *failure = ApicoreTrySubtransaction(MaintainTableBody, &run);
+
+	if (failure == NULL)
+		return run.detail;
+	ereport(WARNING,
+			(errmsg("apicore: soft-delete maintenance of %s failed: %s", mt->name,
+					failure->message)));
+	return psprintf("%s: failed: %s", mt->name, failure->message);
 }
 
 static void
@@ -1729,14 +2207,16 @@ RecordMaintenance(Oid relid, const char *detail)
 	Datum		values[2] = {ObjectIdGetDatum(relid), CStringGetTextDatum(detail)};
 
 	RunSql("UPDATE apicore.soft_delete_settings SET last_maintenance_at = pg_catalog.now(), "
-		   "last_maintenance = $2 WHERE tbl = $1", 2, types, values);
+		   "last_maintenance = $2 WHERE tbl::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+		   2, types, values);
 }
 
 /*
  * apicore._soft_delete_maintain(): the maintenance task.  Each run moves at
  * most apicore.soft_delete_batch_size rows per table to the archive and
  * purges as many, so every transaction stays short; the worker's next round
- * takes the next batch.
+ * takes the next batch.  The settings table is read and written as its
+ * owner; each table is maintained as its own owner.
  */
 Datum
 apicore_soft_delete_maintain(PG_FUNCTION_ARGS)
@@ -1744,21 +2224,26 @@ apicore_soft_delete_maintain(PG_FUNCTION_ARGS)
 	StringInfoData report;
 	List	   *tables;
 	ListCell   *lc;
+	ApicoreIdentity id;
 
 	initStringInfo(&report);
 	SPI_connect();
+	ApicoreBecome(&id, SettingsOwner(), 0);
 	/* settings of tables dropped since */
 	RunSql("DELETE FROM apicore.soft_delete_settings s "
-		   "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = s.tbl)", 0, NULL, NULL);
+		   "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+		   "                  WHERE c.oid OPERATOR(pg_catalog.=) s.tbl::pg_catalog.oid)",
+		   0, NULL, NULL);
 	tables = MaintainedTables();
 	foreach(lc, tables)
 	{
 		MaintainedTable *mt = lfirst(lc);
-		char	   *detail = MaintainTable(mt);
+		char	   *detail = MaintainTableSafely(mt);
 
 		RecordMaintenance(mt->relid, detail);
 		appendStringInfo(&report, "%s%s", report.len ? "; " : "", detail);
 	}
+	ApicoreRestore(&id);
 	SPI_finish();
 	PG_RETURN_TEXT_P(cstring_to_text(report.len ? report.data : "no table to archive or purge"));
 }

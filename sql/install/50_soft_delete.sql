@@ -68,11 +68,92 @@ COMMENT ON FUNCTION apicore.soft_delete_purge(regclass, jsonb) IS
 
 CREATE FUNCTION apicore.tenant_isolation_enable(
         tbl regclass, column_name name DEFAULT 'tenant_id',
-        setting text DEFAULT 'app.current_tenant')
+        setting text DEFAULT 'app.current_tenant', mode text DEFAULT 'setting')
     RETURNS void LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'apicore_tenant_isolation_enable';
-COMMENT ON FUNCTION apicore.tenant_isolation_enable(regclass, name, text) IS
-    'restrictive policy column_name = current_setting(setting): other tenants'' rows are invisible and unwritable';
+COMMENT ON FUNCTION apicore.tenant_isolation_enable(regclass, name, text, text) IS
+    'restrictive policy column_name = the tenant: current_setting(setting) (mode setting), apicore.current_tenant() (token) or apicore.session_tenant() (role)';
+
+-- Tenants an application's SQL cannot switch (src/tenant.c).
+-- Members of apicore_tenant_issuer mint tenant tokens and map login roles to tenants.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'apicore_tenant_issuer') THEN
+        CREATE ROLE apicore_tenant_issuer NOLOGIN;
+    END IF;
+END
+$$;
+
+-- Keys that sign tenant tokens: readable by their owner only; apicore's C
+-- code reads them as that owner, and nothing SQL-callable returns one.
+CREATE TABLE apicore.tenant_key (
+    key_id     int PRIMARY KEY CHECK (key_id > 0),
+    key        bytea NOT NULL CHECK (octet_length(key) = 32),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE apicore.tenant_key IS
+    'tenant token keys (owner only): the highest key_id signs new tokens, every row verifies old ones';
+REVOKE ALL ON apicore.tenant_key FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('apicore.tenant_key', '');
+-- Every backend caches the keys; any change to the table tells them to reload.
+CREATE FUNCTION apicore._tenant_key_changed() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'apicore_tenant_key_changed';
+REVOKE ALL ON FUNCTION apicore._tenant_key_changed() FROM PUBLIC;
+CREATE TRIGGER tenant_key_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apicore.tenant_key
+    FOR EACH STATEMENT EXECUTE FUNCTION apicore._tenant_key_changed();
+
+-- Login roles whose sessions act for a tenant (mode 'role').
+CREATE TABLE apicore.tenant_role (
+    role   regrole PRIMARY KEY,
+    tenant text NOT NULL CHECK (octet_length(tenant) BETWEEN 1 AND 256)
+);
+COMMENT ON TABLE apicore.tenant_role IS
+    'login role -> tenant for apicore.session_tenant() (written by apicore.tenant_role_set)';
+REVOKE ALL ON apicore.tenant_role FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('apicore.tenant_role', '');
+
+CREATE FUNCTION apicore.tenant_token(tenant text, ttl interval DEFAULT '1 hour')
+    RETURNS text LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_tenant_token';
+COMMENT ON FUNCTION apicore.tenant_token(text, interval) IS
+    'a signed token that lets its holder act for tenant until now() + ttl (apicore_tenant_issuer)';
+REVOKE ALL ON FUNCTION apicore.tenant_token(text, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.tenant_token(text, interval) TO apicore_tenant_issuer;
+
+CREATE FUNCTION apicore.tenant_set(token text, is_local boolean DEFAULT true)
+    RETURNS text LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_tenant_set';
+COMMENT ON FUNCTION apicore.tenant_set(text, boolean) IS
+    'verify a tenant token and act for its tenant until the transaction ends (is_local) or for the session; returns the tenant';
+
+CREATE FUNCTION apicore.current_tenant()
+    RETURNS text LANGUAGE c STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apicore_current_tenant';
+COMMENT ON FUNCTION apicore.current_tenant() IS
+    'the tenant apicore.tenant_set() verified, or NULL';
+
+CREATE FUNCTION apicore.tenant_rotate_key()
+    RETURNS int LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_tenant_rotate_key';
+COMMENT ON FUNCTION apicore.tenant_rotate_key() IS
+    'make a new key that signs tenant tokens from now on; older keys still verify theirs';
+REVOKE ALL ON FUNCTION apicore.tenant_rotate_key() FROM PUBLIC;
+
+CREATE FUNCTION apicore.tenant_role_set(role regrole, tenant text)
+    RETURNS void LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_tenant_role_set';
+COMMENT ON FUNCTION apicore.tenant_role_set(regrole, text) IS
+    'sessions that log in as role act for tenant (NULL: for none) under mode ''role'' (apicore_tenant_issuer)';
+REVOKE ALL ON FUNCTION apicore.tenant_role_set(regrole, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.tenant_role_set(regrole, text) TO apicore_tenant_issuer;
+
+CREATE FUNCTION apicore.session_tenant()
+    RETURNS text LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apicore_session_tenant';
+COMMENT ON FUNCTION apicore.session_tenant() IS
+    'the tenant of the session''s login role (apicore.tenant_role), or NULL';
 
 -- Trigger functions soft_delete_enable attaches to tables.
 CREATE FUNCTION apicore._soft_delete_guard()

@@ -102,6 +102,36 @@ DELETE FROM public.notes WHERE id = 2;
 SELECT count(*) FROM public.notes WHERE id = 2 AND deleted_at IS NOT NULL}),
 	'1', 'DELETE soft-deletes in the restored database');
 
+# The worker archives and purges each table as the table's owner: the
+# owner's triggers record who ran them, and it is never the worker's
+# superuser (issue 13).
+$node->safe_psql('postgres', q{
+CREATE ROLE items_owner;
+CREATE SCHEMA owned AUTHORIZATION items_owner;
+SET ROLE items_owner;
+CREATE TABLE owned.items (id int PRIMARY KEY);
+CREATE TABLE owned.who (op text, who name);
+CREATE FUNCTION owned.note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO owned.who VALUES (TG_OP, current_user);
+    RETURN coalesce(NEW, OLD);
+END $$;
+INSERT INTO owned.items SELECT generate_series(1, 10);
+SELECT apicore.soft_delete_enable('owned.items', archive_after => '1 hour', purge_after => '1 day');
+CREATE TRIGGER note AFTER DELETE ON owned.items FOR EACH ROW EXECUTE FUNCTION owned.note();
+CREATE TRIGGER note AFTER INSERT ON owned.items_archive FOR EACH ROW EXECUTE FUNCTION owned.note();
+DELETE FROM owned.items WHERE id <= 6;
+RESET ROLE;
+UPDATE owned.items SET deleted_at = now() - interval '2 hours' WHERE id <= 3;
+UPDATE owned.items SET deleted_at = now() - interval '2 days' WHERE id BETWEEN 4 AND 6;
+});
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 9 FROM owned.who}),
+	'the worker archived 3 rows and purged 3 of the owned table');
+is($node->safe_psql('postgres', q{
+SELECT string_agg(DISTINCT op || ' ' || who, ', ') FROM owned.who}),
+	'DELETE items_owner, INSERT items_owner',
+	"the owner's triggers ran as the owner, not as the worker's superuser");
+
 # Without apicore preloaded, a backend that has not loaded the library has
 # no planner hook: the guard trigger stops the DELETE from removing rows,
 # and calling it loads the library, so the next DELETE is a soft delete.
