@@ -2,7 +2,11 @@
  * saga.c — saga state tracking: the SQL functions of API.md section 4 and
  * the saga maintenance tasks.
  *
- * Owns the state machine over the tables of sql/install/40_saga.sql:
+ * Owns the state machine over the tables of sql/install/40_saga.sql, which
+ * no role but apicore's owner may write: every entry point works as that
+ * owner (SagaEnter, through ApicoreBecome), and a local step's function runs
+ * as the role that defined the saga (CallLocalBody), after checks that it
+ * can still be called (LocalFunctionProblem).
  *
  *   saga.state:      running -> completed
  *                    running -> compensating -> compensated | cancelled
@@ -225,6 +229,8 @@ typedef enum SagaPlanId
 	PLAN_DEF_LOCK,
 	PLAN_DEF_LATEST,
 	PLAN_DEF_INSERT,
+	PLAN_DEF_LATEST_010,
+	PLAN_DEF_INSERT_010,
 	PLAN_DEF_STEP_INSERT,
 	PLAN_SAGA_INSERT,
 	PLAN_SAGA_EXISTING,
@@ -352,6 +358,11 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	.v020 = true},
 	[PLAN_DEF_INSERT] = {"INSERT INTO apicore.saga_definition (name, version, steps, definer) "
 	"VALUES ($1, $2, $3, $4)", 4, {TEXTOID, INT4OID, JSONBOID, REGROLEOID}, .v020 = true},
+	/* the same, on 0.1.0's table (no definer) until ALTER EXTENSION UPDATE */
+	[PLAN_DEF_LATEST_010] = {"SELECT version, steps" EQ "$2, 0::pg_catalog.oid FROM apicore.saga_definition "
+	"WHERE name" EQ "$1 ORDER BY version DESC LIMIT 1", 2, {TEXTOID, JSONBOID}},
+	[PLAN_DEF_INSERT_010] = {"INSERT INTO apicore.saga_definition (name, version, steps) "
+	"VALUES ($1, $2, $3)", 3, {TEXTOID, INT4OID, JSONBOID}},
 	[PLAN_DEF_STEP_INSERT] = {"INSERT INTO apicore.saga_definition_step VALUES "
 		"($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11,
 		{TEXTOID, INT4OID, INT4OID, TEXTOID, TEXTOID, REGPROCEDUREOID, REGPROCEDUREOID,
@@ -2542,6 +2553,7 @@ apicore_saga_define(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	Oid			caller = GetUserId();
 	ApicoreIdentity id;
+	bool		has_definer;
 
 	RequireArg(fcinfo, 1, "steps", "Pass a JSON array of step objects.");
 	steps = PG_GETARG_JSONB_P(1);
@@ -2553,10 +2565,16 @@ apicore_saga_define(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(name);
 	values[1] = JsonbPGetDatum(steps);
 	SagaExec(PLAN_DEF_LOCK, values, NULL, false, 0);
-	SagaExec(PLAN_DEF_LATEST, values, NULL, false, 1);
+	/*
+	 * Definitions are the one thing the new library writes into 0.1.0's
+	 * tables before ALTER EXTENSION UPDATE (which then records a definer).
+	 */
+	has_definer = get_attnum(get_relname_relid("saga_definition", get_namespace_oid("apicore", false)),
+							 "definer") != InvalidAttrNumber;
+	SagaExec(has_definer ? PLAN_DEF_LATEST : PLAN_DEF_LATEST_010, values, NULL, false, 1);
 	if (SPI_processed > 0)
 	{
-		Oid			latest_definer = DatumGetObjectId(ResultValue(0, 3, NULL));
+		Oid			latest_definer = has_definer ? DatumGetObjectId(ResultValue(0, 3, NULL)) : caller;
 
 		version = DatumGetInt32(ResultValue(0, 1, NULL));
 		RequireSameOwner(name, latest_definer, caller);
@@ -2572,7 +2590,7 @@ apicore_saga_define(PG_FUNCTION_ARGS)
 	values[1] = Int32GetDatum(version);
 	values[2] = JsonbPGetDatum(steps);
 	values[3] = ObjectIdGetDatum(caller);
-	SagaExec(PLAN_DEF_INSERT, values, NULL, false, 0);
+	SagaExec(has_definer ? PLAN_DEF_INSERT : PLAN_DEF_INSERT_010, values, NULL, false, 0);
 	for (int i = 0; i < nsteps; i++)
 		InsertStepDef(name, version, i + 1, &defs[i]);
 	SPI_finish();
@@ -3092,30 +3110,30 @@ ForEachSaga(SagaPlanId plan, int (*work) (pg_uuid_t *id), int *failed)
 	return done;
 }
 
-Datum
-apicore_saga_reclaim_leases(PG_FUNCTION_ARGS)
+/* A task that works on each saga `plan` returns: "<count> <what>". */
+static Datum
+RunSagaTask(SagaPlanId plan, int (*work) (pg_uuid_t *id), const char *what)
 {
 	ApicoreIdentity id;
 	int			failed = 0;
-	int			reclaimed;
+	int			done;
 
 	(void) SagaEnter(&id);
 	SPI_connect();
-	reclaimed = ForEachSaga(PLAN_EXPIRED_SAGAS, ReclaimSaga, &failed);
-	return TaskResult(&id, psprintf("%d expired leases reclaimed", reclaimed), failed);
+	done = ForEachSaga(plan, work, &failed);
+	return TaskResult(&id, psprintf("%d %s", done, what), failed);
+}
+
+Datum
+apicore_saga_reclaim_leases(PG_FUNCTION_ARGS)
+{
+	return RunSagaTask(PLAN_EXPIRED_SAGAS, ReclaimSaga, "expired leases reclaimed");
 }
 
 Datum
 apicore_saga_fire_deadlines(PG_FUNCTION_ARGS)
 {
-	ApicoreIdentity id;
-	int			failed = 0;
-	int			fired;
-
-	(void) SagaEnter(&id);
-	SPI_connect();
-	fired = ForEachSaga(PLAN_DEADLINE_SAGAS, FireDeadline, &failed);
-	return TaskResult(&id, psprintf("%d sagas past their deadline cancelled", fired), failed);
+	return RunSagaTask(PLAN_DEADLINE_SAGAS, FireDeadline, "sagas past their deadline cancelled");
 }
 
 /* The due local step of the saga being worked on (ForOneSaga passes only the id). */
