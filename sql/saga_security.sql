@@ -258,6 +258,13 @@ END $$;
 SELECT tbl, cmd, string_agg(DISTINCT split_part(outcome, ':', 1), ',') AS sqlstates, count(*) AS tries
   FROM sec_writes GROUP BY tbl, cmd ORDER BY tbl, cmd;
 SELECT DISTINCT outcome FROM sec_writes ORDER BY 1;
+-- and in the catalog: no packaged role and not PUBLIC holds a write privilege
+SELECT r.role, t.tbl FROM
+    (VALUES ('apicore_saga_worker'), ('apicore_saga_admin'), ('public')) r(role),
+    (VALUES ('apicore.saga_definition'), ('apicore.saga_definition_step'), ('apicore.saga'),
+            ('apicore.saga_step'), ('apicore.saga_transition')) t(tbl)
+ WHERE has_table_privilege(r.role, t.tbl, 'INSERT, UPDATE, DELETE, TRUNCATE')
+    OR has_sequence_privilege(r.role, 'apicore.saga_transition_id_seq', 'USAGE, UPDATE');
 -- a forged audit row through the sequence is refused too
 SET ROLE saga_sec_worker;
 SELECT sec_error($$SELECT nextval('apicore.saga_transition_id_seq')$$);
