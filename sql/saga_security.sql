@@ -345,7 +345,8 @@ SELECT apicore.saga_start('evil_plain', '{}', '00000000-0000-0000-0000-000000000
 SELECT apicore.saga_start('evil_plain', '{}', '00000000-0000-0000-0000-0000000007a2');
 SELECT apicore.saga_start('evil_plain', '{}', '00000000-0000-0000-0000-0000000007a3');
 SELECT apicore.saga_start('evil_plain', '{}', '00000000-0000-0000-0000-0000000007a4');
-SELECT count(*) FROM apicore.saga_claim('evil-worker', ARRAY['evil_plain'], 4);
+SELECT apicore.saga_start('evil_plain', '{}', '00000000-0000-0000-0000-0000000007a5');
+SELECT count(*) FROM apicore.saga_claim('evil-worker', ARRAY['evil_plain'], 5);
 RESET ROLE;
 UPDATE apicore.saga SET state = 'bogus' WHERE id = '00000000-0000-0000-0000-0000000007a1';
 UPDATE apicore.saga SET position = -5, direction = 'sideways' WHERE id = '00000000-0000-0000-0000-0000000007a2';
@@ -362,6 +363,12 @@ SELECT sec_error($$SELECT apicore.saga_retry('00000000-0000-0000-0000-0000000007
 SELECT apicore.saga_step_succeeded('00000000-0000-0000-0000-0000000007a3', 'p1', 1);
 SELECT sec_error($$SELECT apicore.saga_step_failed('00000000-0000-0000-0000-0000000007a4', 'p1', 1, 'x')$$);
 RESET ROLE;
+-- a NULL where apicore never writes one (the constraint dropped first)
+ALTER TABLE apicore.saga_step ALTER COLUMN backoff DROP NOT NULL;
+UPDATE apicore.saga_step SET backoff = NULL WHERE saga = '00000000-0000-0000-0000-0000000007a5';
+SELECT sec_error($$SELECT apicore.saga_step_failed('00000000-0000-0000-0000-0000000007a5', 'p1', 1, 'x')$$);
+UPDATE apicore.saga_step SET backoff = '1 hour' WHERE saga = '00000000-0000-0000-0000-0000000007a5';
+ALTER TABLE apicore.saga_step ALTER COLUMN backoff SET NOT NULL;
 -- maintenance skips the damaged sagas with a warning and handles the rest
 UPDATE apicore.saga_step SET lease_expires_at = now() - interval '3 seconds'
  WHERE saga = '00000000-0000-0000-0000-0000000007a1';

@@ -658,6 +658,33 @@ ResultText(int row, int col)
 	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
 }
 
+/*
+ * Column `col` of a step row read back, which apicore never leaves NULL: a
+ * NULL (a NOT NULL constraint dropped and the row changed by hand) is a
+ * clean error, not a NULL pointer followed.
+ */
+static Datum
+StepValue(int row, int col)
+{
+	bool		isnull;
+	Datum		value = ResultValue(row, col, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("apicore: column %s of a saga step is NULL, which apicore never writes",
+						SPI_fname(SPI_tuptable->tupdesc, col)),
+				 errhint("The row was changed outside apicore; end the saga with apicore.saga_resolve.")));
+	return value;
+}
+
+static char *
+StepText(int row, int col)
+{
+	(void) StepValue(row, col);
+	return ResultText(row, col);
+}
+
 /* ---------- argument checks ---------- */
 
 static void
@@ -1112,11 +1139,11 @@ ClaimAndRunLocal(SagaRow *saga, int position, const char *direction)
 		return;
 	run.position = position;
 	run.direction = pstrdup(direction);
-	run.step = ResultText(0, 1);
-	run.attempt = DatumGetInt32(ResultValue(0, 2, NULL));
-	run.max_attempts = DatumGetInt32(ResultValue(0, 3, NULL));
-	run.backoff = DatumGetIntervalP(ResultValue(0, 4, NULL));
-	run.max_backoff = DatumGetIntervalP(ResultValue(0, 5, NULL));
+	run.step = StepText(0, 1);
+	run.attempt = DatumGetInt32(StepValue(0, 2));
+	run.max_attempts = DatumGetInt32(StepValue(0, 3));
+	run.backoff = DatumGetIntervalP(StepValue(0, 4));
+	run.max_backoff = DatumGetIntervalP(StepValue(0, 5));
 	run.worker = APICORE_ACTOR;
 	RunLocalStep(saga, &run);
 }
@@ -1308,14 +1335,14 @@ StepRunFromResult(void)
 {
 	StepRun    *run = palloc0(sizeof(StepRun));
 
-	run->position = DatumGetInt32(ResultValue(0, 1, NULL));
-	run->direction = ResultText(0, 2);
-	run->step = ResultText(0, 3);
-	run->attempt = DatumGetInt32(ResultValue(0, 4, NULL));
-	run->max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
-	run->backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
-	run->max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
-	run->worker = ResultText(0, 9);
+	run->position = DatumGetInt32(StepValue(0, 1));
+	run->direction = StepText(0, 2);
+	run->step = StepText(0, 3);
+	run->attempt = DatumGetInt32(StepValue(0, 4));
+	run->max_attempts = DatumGetInt32(StepValue(0, 5));
+	run->backoff = DatumGetIntervalP(StepValue(0, 6));
+	run->max_backoff = DatumGetIntervalP(StepValue(0, 7));
+	run->worker = StepText(0, 9);
 	if (!IsDirection(run->direction))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
