@@ -275,3 +275,54 @@ BEGIN
     END LOOP;
 END
 $$;
+-- ---------- sagas: least privilege (issue 13) ----------
+-- A definition records the role whose rights its local steps run with.
+-- Definitions written by 0.1.0 did not: each gets the owner of its first
+-- local step's function (the role whose code it is), or apicore's owner
+-- when it has no local step.
+ALTER TABLE apicore.saga_definition ADD COLUMN definer regrole;
+UPDATE apicore.saga_definition d
+   SET definer = coalesce(
+       (SELECT p.proowner FROM apicore.saga_definition_step s
+          JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) coalesce(s.function, s.compensate_function)
+         WHERE s.definition OPERATOR(pg_catalog.=) d.name AND s.version OPERATOR(pg_catalog.=) d.version
+         ORDER BY s.position LIMIT 1),
+       (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'apicore'))::pg_catalog.regrole;
+ALTER TABLE apicore.saga_definition ALTER COLUMN definer SET NOT NULL;
+-- 0.1.0 could store a retry time past the end of timestamptz (a huge
+-- backoff), after which reading the row failed: such steps are due now.
+UPDATE apicore.saga_step SET run_after = pg_catalog.now()
+ WHERE run_after OPERATOR(pg_catalog.>) '294276-12-31 23:59:59.999999+00'::pg_catalog.timestamptz;
+-- The audit log is append-only for its owner too (only retention deletes).
+CREATE OR REPLACE FUNCTION apicore._saga_transition_append_only() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'apicore_saga_transition_append_only';
+-- The tables are written only through apicore's functions.
+REVOKE INSERT, UPDATE ON apicore.saga, apicore.saga_step FROM apicore_saga_worker;
+REVOKE INSERT ON apicore.saga_transition FROM apicore_saga_worker;
+REVOKE INSERT ON apicore.saga_definition, apicore.saga_definition_step FROM apicore_saga_admin;
+REVOKE USAGE ON SEQUENCE apicore.saga_transition_id_seq FROM apicore_saga_worker;
+REVOKE ALL ON FUNCTION apicore.saga_define(text, jsonb),
+    apicore.saga_start(text, jsonb, uuid, interval),
+    apicore.saga_claim(text, text[], int),
+    apicore.saga_step_succeeded(uuid, text, int, jsonb),
+    apicore.saga_step_failed(uuid, text, int, text, bool),
+    apicore.saga_heartbeat(uuid, text, int),
+    apicore.saga_cancel(uuid, text),
+    apicore.saga_retry(uuid, text, text),
+    apicore.saga_resolve(uuid, text, text, text),
+    apicore.saga_get(uuid),
+    apicore._saga_reclaim_leases(), apicore._saga_fire_deadlines(),
+    apicore._saga_run_local_steps(), apicore._saga_retention(),
+    apicore._saga_transition_append_only() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.saga_start(text, jsonb, uuid, interval),
+    apicore.saga_claim(text, text[], int),
+    apicore.saga_step_succeeded(uuid, text, int, jsonb),
+    apicore.saga_step_failed(uuid, text, int, text, bool),
+    apicore.saga_heartbeat(uuid, text, int),
+    apicore.saga_cancel(uuid, text),
+    apicore.saga_get(uuid) TO apicore_saga_worker;
+GRANT EXECUTE ON FUNCTION apicore.saga_define(text, jsonb),
+    apicore.saga_retry(uuid, text, text),
+    apicore.saga_resolve(uuid, text, text, text),
+    apicore._saga_reclaim_leases(), apicore._saga_fire_deadlines(),
+    apicore._saga_run_local_steps(), apicore._saga_retention() TO apicore_saga_admin;

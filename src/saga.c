@@ -2,7 +2,11 @@
  * saga.c — saga state tracking: the SQL functions of API.md section 4 and
  * the saga maintenance tasks.
  *
- * Owns the state machine over the tables of sql/install/40_saga.sql:
+ * Owns the state machine over the tables of sql/install/40_saga.sql, which
+ * no role but apicore's owner may write: every entry point works as that
+ * owner (SagaEnter, through ApicoreBecome), and a local step's function runs
+ * as the role that defined the saga (CallLocalBody), after checks that it
+ * can still be called (LocalFunctionProblem).
  *
  *   saga.state:      running -> completed
  *                    running -> compensating -> compensated | cancelled
@@ -29,10 +33,12 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
+#include "common/int.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -57,6 +63,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -70,6 +77,14 @@
 #define DEFAULT_BACKOFF "1 second"
 #define DEFAULT_MAX_BACKOFF "5 minutes"
 #define APICORE_ACTOR "apicore"
+
+/*
+ * The longest timeout, backoff, max_backoff or deadline: far enough from
+ * the end of timestamptz (294276 AD) that now() plus it, doubled, fits.
+ * Counted as interval comparison counts (a year is 12 months of 30 days).
+ */
+#define MAX_SPAN_TEXT "100 years"
+#define MAX_SPAN_USECS ((int64) 100 * MONTHS_PER_YEAR * DAYS_PER_MONTH * USECS_PER_DAY)
 
 /* Settings */
 static int	saga_retention_s = 7 * 24 * 3600;
@@ -205,6 +220,7 @@ PG_FUNCTION_INFO_V1(apicore_saga_reclaim_leases);
 PG_FUNCTION_INFO_V1(apicore_saga_fire_deadlines);
 PG_FUNCTION_INFO_V1(apicore_saga_run_local_steps);
 PG_FUNCTION_INFO_V1(apicore_saga_retention);
+PG_FUNCTION_INFO_V1(apicore_saga_transition_append_only);
 
 /* ---------- prepared plans ---------- */
 
@@ -213,6 +229,8 @@ typedef enum SagaPlanId
 	PLAN_DEF_LOCK,
 	PLAN_DEF_LATEST,
 	PLAN_DEF_INSERT,
+	PLAN_DEF_LATEST_010,
+	PLAN_DEF_INSERT_010,
 	PLAN_DEF_STEP_INSERT,
 	PLAN_SAGA_INSERT,
 	PLAN_SAGA_EXISTING,
@@ -220,7 +238,7 @@ typedef enum SagaPlanId
 	PLAN_SAGA_SET_STATE,
 	PLAN_SAGA_MOVE,
 	PLAN_SAGA_CANCEL_REASON,
-	PLAN_SAGA_DATA,
+	PLAN_LOCAL_CALL,
 	PLAN_LOG,
 	PLAN_STEP_INSERT,
 	PLAN_STEP_SUCCEED,
@@ -252,23 +270,44 @@ typedef struct SagaPlanDef
 	int			nargs;
 	Oid			argtypes[11];
 	bool		custom;			/* plan for each call's values (a LIMIT parameter) */
-	bool		claim_log;		/* uses the claim columns added in 0.2.0 */
+	bool		v020;			/* uses columns added in 0.2.0 */
 } SagaPlanDef;
+
+/*
+ * Every statement below runs as apicore's owner (SagaEnter) with search_path
+ * = pg_catalog, pg_temp, and still names every operator, function and type
+ * with its schema: nothing in it is resolved through a name the caller could
+ * have created (a cross-type comparison such as regclass = oid has no exact
+ * match in pg_catalog).  Qualified operators all have the same precedence,
+ * so arithmetic next to a comparison is parenthesised.
+ */
+#define EQ " OPERATOR(pg_catalog.=) "
+#define LT " OPERATOR(pg_catalog.<) "
+#define LE " OPERATOR(pg_catalog.<=) "
+#define GE " OPERATOR(pg_catalog.>=) "
+#define PLUS " OPERATOR(pg_catalog.+) "
+#define MINUS " OPERATOR(pg_catalog.-) "
+#define CAT " OPERATOR(pg_catalog.||) "
+#define SQL_NOW "pg_catalog.now()"
 
 /*
  * A saga's outputs: the output of each forward step that succeeded, by step
  * name.  Derived from the step rows rather than kept in the saga row, so a
  * report does not rewrite every earlier output.
  */
-#define OUTPUTS_SQL "(SELECT coalesce(jsonb_object_agg(o.step, o.output), '{}') " \
-	"FROM apicore.saga_step o WHERE o.saga = g.id AND o.direction = 'forward' AND o.state = 'succeeded')"
+#define OUTPUTS_SQL "(SELECT coalesce(pg_catalog.jsonb_object_agg(o.step, o.output), '{}'::pg_catalog.jsonb) " \
+	"FROM apicore.saga_step o WHERE o.saga" EQ "g.id AND o.direction" EQ "'forward' AND o.state" EQ "'succeeded')"
 
 /*
  * A claim is logged with the run's next transition (see saga_transition in
  * 40_saga.sql), not in a row of its own: it draws its log id now, so that
  * apicore.saga_log orders it where it happened.
  */
-#define CLAIM_LOG_SQL "claim_id = nextval('apicore.saga_transition_id_seq'), claimed_at = clock_timestamp() "
+#define CLAIM_LOG_SQL "claim_id = pg_catalog.nextval('apicore.saga_transition_id_seq'::pg_catalog.regclass), " \
+	"claimed_at = pg_catalog.clock_timestamp() "
+
+/* the idempotency key of a step run: <saga_id>:<step>:<direction> */
+#define IDEMPOTENCY_KEY_SQL(s) s ".saga::pg_catalog.text" CAT "':'" CAT s ".step" CAT "':'" CAT s ".direction"
 
 /*
  * saga_claim's statements.  The runnable steps to hand out, oldest first,
@@ -277,15 +316,15 @@ typedef struct SagaPlanDef
  * parameter the generic plan would assume 10% of the table and hash-join it.
  */
 #define CLAIMABLE_SQL(limit, from) "SELECT saga, position, direction FROM apicore.saga_step " \
-	" WHERE state = 'runnable' AND run_after >= " from " AND run_after <= now() " \
-	"   AND ($2::text[] IS NULL OR definition = ANY ($2)) AND function IS NULL " \
+	" WHERE state" EQ "'runnable' AND run_after" GE from " AND run_after" LE SQL_NOW \
+	"   AND ($2::pg_catalog.text[] IS NULL OR definition" EQ "ANY ($2)) AND function IS NULL " \
 	" ORDER BY run_after LIMIT " limit " FOR UPDATE SKIP LOCKED"
-#define CLAIM_SET_SQL "state = 'claimed', attempt = s.attempt + 1, worker = $1, " \
-	"lease_expires_at = now() + s.timeout, updated_at = now(), " CLAIM_LOG_SQL
+#define CLAIM_SET_SQL "state = 'claimed', attempt = s.attempt" PLUS "1, worker = $1, " \
+	"lease_expires_at = " SQL_NOW PLUS "s.timeout, updated_at = " SQL_NOW ", " CLAIM_LOG_SQL
 /* saga_claim's result columns, then the claimed step's run_after */
 #define CLAIM_RESULT_COLUMNS 11
 #define CLAIM_RETURNING_SQL "s.saga, g.definition, g.version, s.step, s.direction, s.attempt, " \
-	"g.payload, " OUTPUTS_SQL ", s.saga || ':' || s.step || ':' || s.direction, " \
+	"g.payload, " OUTPUTS_SQL ", " IDEMPOTENCY_KEY_SQL("s") ", " \
 	"s.lease_expires_at, s.action, s.run_after"
 
 /*
@@ -297,43 +336,64 @@ typedef struct SagaPlanDef
  */
 #define CLAIM_ONE_SQL "UPDATE apicore.saga_step s SET " CLAIM_SET_SQL \
 	"FROM apicore.saga g " \
-	"WHERE (s.saga, s.position, s.direction) = (" CLAIMABLE_SQL("1", "$3") ") AND g.id = s.saga " \
+	"WHERE (s.saga, s.position, s.direction)" EQ "(" CLAIMABLE_SQL("1", "$3") ") AND g.id" EQ "s.saga " \
 	"RETURNING " CLAIM_RETURNING_SQL
 
 /* Several steps: returned in the order they became runnable. */
 #define CLAIM_MANY_SQL "WITH c AS (" CLAIMABLE_SQL("$3", "$4") "), " \
 	"s AS (" \
 	"  UPDATE apicore.saga_step s SET " CLAIM_SET_SQL \
-	"    FROM c WHERE s.saga = c.saga AND s.position = c.position AND s.direction = c.direction " \
+	"    FROM c WHERE s.saga" EQ "c.saga AND s.position" EQ "c.position AND s.direction" EQ "c.direction " \
 	"  RETURNING s.*) " \
-	"SELECT " CLAIM_RETURNING_SQL " FROM s JOIN apicore.saga g ON g.id = s.saga ORDER BY s.run_after"
+	"SELECT " CLAIM_RETURNING_SQL " FROM s JOIN apicore.saga g ON g.id" EQ "s.saga ORDER BY s.run_after"
+
+/* a finished state: retention counts from finished_at */
+#define FINISHED_SQL(x) x EQ "ANY ('{completed,compensated,cancelled}'::pg_catalog.text[])"
 
 static const SagaPlanDef plan_defs[NUM_PLANS] = {
-	[PLAN_DEF_LOCK] = {"SELECT pg_advisory_xact_lock(hashtext('apicore.saga_define'), hashtext($1))",
-	1, {TEXTOID}},
-	[PLAN_DEF_LATEST] = {"SELECT version, steps = $2 FROM apicore.saga_definition "
-		"WHERE name = $1 ORDER BY version DESC LIMIT 1", 2, {TEXTOID, JSONBOID}},
-	[PLAN_DEF_INSERT] = {"INSERT INTO apicore.saga_definition (name, version, steps) "
+	[PLAN_DEF_LOCK] = {"SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('apicore.saga_define'), "
+	"pg_catalog.hashtext($1))", 1, {TEXTOID}},
+	[PLAN_DEF_LATEST] = {"SELECT version, steps" EQ "$2, definer::pg_catalog.oid FROM apicore.saga_definition "
+		"WHERE name" EQ "$1 ORDER BY version DESC LIMIT 1", 2, {TEXTOID, JSONBOID},
+	.v020 = true},
+	[PLAN_DEF_INSERT] = {"INSERT INTO apicore.saga_definition (name, version, steps, definer) "
+	"VALUES ($1, $2, $3, $4)", 4, {TEXTOID, INT4OID, JSONBOID, REGROLEOID}, .v020 = true},
+	/* the same, on 0.1.0's table (no definer) until ALTER EXTENSION UPDATE */
+	[PLAN_DEF_LATEST_010] = {"SELECT version, steps" EQ "$2, 0::pg_catalog.oid FROM apicore.saga_definition "
+	"WHERE name" EQ "$1 ORDER BY version DESC LIMIT 1", 2, {TEXTOID, JSONBOID}},
+	[PLAN_DEF_INSERT_010] = {"INSERT INTO apicore.saga_definition (name, version, steps) "
 	"VALUES ($1, $2, $3)", 3, {TEXTOID, INT4OID, JSONBOID}},
 	[PLAN_DEF_STEP_INSERT] = {"INSERT INTO apicore.saga_definition_step VALUES "
 		"($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11,
 		{TEXTOID, INT4OID, INT4OID, TEXTOID, TEXTOID, REGPROCEDUREOID, REGPROCEDUREOID,
 	INTERVALOID, INT4OID, INTERVALOID, INTERVALOID}},
 	[PLAN_SAGA_INSERT] = {"INSERT INTO apicore.saga (id, definition, version, payload, deadline) "
-		"VALUES ($1, $2, $3, $4, now() + $5) ON CONFLICT (id) DO NOTHING RETURNING 1",
+		"VALUES ($1, $2, $3, $4, " SQL_NOW PLUS "$5) ON CONFLICT (id) DO NOTHING RETURNING 1",
 	5, {UUIDOID, TEXTOID, INT4OID, JSONBOID, INTERVALOID}},
-	[PLAN_SAGA_EXISTING] = {"SELECT definition = $2 AND payload = $3 FROM apicore.saga WHERE id = $1",
+	[PLAN_SAGA_EXISTING] = {"SELECT definition" EQ "$2 AND payload" EQ "$3 FROM apicore.saga WHERE id" EQ "$1",
 	3, {UUIDOID, TEXTOID, JSONBOID}},
 	[PLAN_SAGA_LOCK] = {"SELECT state, position, direction, cancel_reason IS NOT NULL "
-	"FROM apicore.saga WHERE id = $1 FOR UPDATE", 1, {UUIDOID}},
-	[PLAN_SAGA_SET_STATE] = {"UPDATE apicore.saga SET state = $2, updated_at = now(), "
-		"  finished_at = CASE WHEN $2 IN ('completed', 'compensated', 'cancelled') THEN now() END "
-	"WHERE id = $1", 2, {UUIDOID, TEXTOID}},
-	[PLAN_SAGA_MOVE] = {"UPDATE apicore.saga SET position = $2, direction = $3, updated_at = now() "
-	"WHERE id = $1", 3, {UUIDOID, INT4OID, TEXTOID}},
-	[PLAN_SAGA_CANCEL_REASON] = {"UPDATE apicore.saga SET cancel_reason = $2 WHERE id = $1",
+	"FROM apicore.saga WHERE id" EQ "$1 FOR UPDATE", 1, {UUIDOID}},
+	[PLAN_SAGA_SET_STATE] = {"UPDATE apicore.saga SET state = $2, updated_at = " SQL_NOW ", "
+		"  finished_at = CASE WHEN " FINISHED_SQL("$2") " THEN " SQL_NOW " END "
+	"WHERE id" EQ "$1", 2, {UUIDOID, TEXTOID}},
+	[PLAN_SAGA_MOVE] = {"UPDATE apicore.saga SET position = $2, direction = $3, updated_at = " SQL_NOW " "
+	"WHERE id" EQ "$1", 3, {UUIDOID, INT4OID, TEXTOID}},
+	[PLAN_SAGA_CANCEL_REASON] = {"UPDATE apicore.saga SET cancel_reason = $2 WHERE id" EQ "$1",
 	2, {UUIDOID, TEXTOID}},
-	[PLAN_SAGA_DATA] = {"SELECT payload, " OUTPUTS_SQL " FROM apicore.saga g WHERE id = $1", 1, {UUIDOID}},
+	/*
+	 * What a local step run calls, from the definition (never from the step
+	 * row): the function of the step at $2 in direction $3 and the role that
+	 * defined the saga, with the saga's payload and outputs.
+	 */
+	[PLAN_LOCAL_CALL] = {"SELECT g.payload, " OUTPUTS_SQL ", "
+		"  (CASE WHEN $3" EQ "'forward' THEN d.function ELSE d.compensate_function END)::pg_catalog.oid, "
+		"  def.definer::pg_catalog.oid "
+		"FROM apicore.saga g "
+		"JOIN apicore.saga_definition def ON def.name" EQ "g.definition AND def.version" EQ "g.version "
+		"LEFT JOIN apicore.saga_definition_step d ON d.definition" EQ "g.definition "
+		"  AND d.version" EQ "g.version AND d.position" EQ "$2 "
+		"WHERE g.id" EQ "$1", 3, {UUIDOID, INT4OID, TEXTOID}, .v020 = true},
 	/*
 	 * A transition out of 'claimed' carries the run's claim; in the subquery
 	 * the test of $5 is a one-time filter, so other transitions read no step.
@@ -343,8 +403,9 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		" claim_id, claimed_at, claimed_by) "
 		"SELECT $1, $2, $3, $4, $5, $6, $7, $8, c.claim_id, c.claimed_at, c.worker "
 		"FROM (SELECT) one LEFT JOIN (SELECT claim_id, claimed_at, worker FROM apicore.saga_step "
-		"  WHERE $5 = 'claimed' AND saga = $1 AND step = $2 AND direction = $3 AND attempt = $4) c ON true",
-	8, {UUIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}, .claim_log = true},
+		"  WHERE $5" EQ "'claimed' AND saga" EQ "$1 AND step" EQ "$2 AND direction" EQ "$3 "
+		"    AND attempt" EQ "$4) c ON true",
+	8, {UUIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}, .v020 = true},
 	/*
 	 * A step run becomes runnable: its settings are copied from the
 	 * definition, the saga moves to it (recording the output of the step
@@ -355,18 +416,19 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"  INSERT INTO apicore.saga_step (saga, position, direction, step, action, "
 		"    definition, function, max_attempts, timeout, backoff, max_backoff) "
 		"  SELECT g.id, d.position, $3, d.name, "
-		"    CASE WHEN $3 = 'forward' THEN d.name ELSE coalesce(d.compensate, d.compensate_function::text) END, "
-		"    d.definition, CASE WHEN $3 = 'forward' THEN d.function ELSE d.compensate_function END, "
+		"    CASE WHEN $3" EQ "'forward' THEN d.name "
+		"      ELSE coalesce(d.compensate, d.compensate_function::pg_catalog.text) END, "
+		"    d.definition, CASE WHEN $3" EQ "'forward' THEN d.function ELSE d.compensate_function END, "
 		"    d.max_attempts, d.timeout, d.backoff, d.max_backoff "
 		"  FROM apicore.saga g JOIN apicore.saga_definition_step d "
-		"    ON d.definition = g.definition AND d.version = g.version AND d.position = $2 "
-		"  WHERE g.id = $1 "
+		"    ON d.definition" EQ "g.definition AND d.version" EQ "g.version AND d.position" EQ "$2 "
+		"  WHERE g.id" EQ "$1 "
 		"  RETURNING position, step, definition, function IS NOT NULL AS local), "
 		"m AS ("
 		"  UPDATE apicore.saga g SET position = coalesce((SELECT n.position FROM n), g.position), "
 		"    direction = CASE WHEN EXISTS (SELECT FROM n) THEN $3 ELSE g.direction END, "
-		"    updated_at = now() "
-		"  WHERE g.id = $1), "
+		"    updated_at = " SQL_NOW " "
+		"  WHERE g.id" EQ "$1), "
 		"l AS ("
 		"  INSERT INTO apicore.saga_transition (saga, step, direction, to_state, actor) "
 		"  SELECT $1, step, $3, 'runnable', $4 FROM n) "
@@ -375,13 +437,14 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	/* compare-and-set: the claimed run at this attempt succeeded; logged */
 	[PLAN_STEP_SUCCEED] = {"WITH s AS ("
 		"  UPDATE apicore.saga_step SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
-		"    updated_at = now() "
-		"  WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'claimed' AND attempt = $6 "
+		"    updated_at = " SQL_NOW " "
+		"  WHERE saga" EQ "$1 AND position" EQ "$2 AND direction" EQ "$3 AND state" EQ "'claimed' "
+		"    AND attempt" EQ "$6 "
 		"  RETURNING step, direction, attempt, claim_id, claimed_at, worker) "
 		"INSERT INTO apicore.saga_transition (saga, step, direction, attempt, from_state, to_state, actor, "
 		"  claim_id, claimed_at, claimed_by) "
 		"SELECT $1, step, direction, attempt, 'claimed', 'succeeded', $5, claim_id, claimed_at, worker FROM s",
-	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}, .claim_log = true},
+	6, {UUIDOID, INT4OID, TEXTOID, JSONBOID, TEXTOID, INT4OID}, .v020 = true},
 	/*
 	 * The common report in one statement: a running saga's forward step
 	 * succeeded and the next step is a worker's.  The saga row is locked by
@@ -395,18 +458,20 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 	 * so the general path raises the report's error, which undoes the move.
 	 */
 	[PLAN_FAST_SUCCEED] = {"WITH g AS ("
-		"  UPDATE apicore.saga g SET position = nd.position, updated_at = now() "
+		"  UPDATE apicore.saga g SET position = nd.position, updated_at = " SQL_NOW " "
 		"  FROM apicore.saga_definition_step nd "
-		"  WHERE g.id = $1 AND g.state = 'running' AND g.cancel_reason IS NULL AND g.direction = 'forward' "
-		"    AND nd.definition = g.definition AND nd.version = g.version "
-		"    AND nd.position = g.position + 1 AND nd.function IS NULL "
-		"  RETURNING nd.position - 1 AS done, nd.position, nd.name, nd.definition, nd.max_attempts, "
+		"  WHERE g.id" EQ "$1 AND g.state" EQ "'running' AND g.cancel_reason IS NULL "
+		"    AND g.direction" EQ "'forward' "
+		"    AND nd.definition" EQ "g.definition AND nd.version" EQ "g.version "
+		"    AND nd.position" EQ "(g.position" PLUS "1) AND nd.function IS NULL "
+		"  RETURNING nd.position" MINUS "1 AS done, nd.position, nd.name, nd.definition, nd.max_attempts, "
 		"    nd.timeout, nd.backoff, nd.max_backoff), "
 		"s AS ("
 		"  UPDATE apicore.saga_step st SET state = 'succeeded', output = $4, lease_expires_at = NULL, "
-		"    updated_at = now() "
-		"  WHERE st.saga = $1 AND st.position = (SELECT done FROM g) AND st.direction = 'forward' "
-		"    AND st.step = $2 AND st.state = 'claimed' AND st.attempt = $3 "
+		"    updated_at = " SQL_NOW " "
+		"  WHERE st.saga" EQ "$1 AND st.position" EQ "(SELECT done FROM g) AND st.direction" EQ "'forward' "
+		"    AND st.step" EQ "$2 AND st.state" EQ "'claimed' AND st.attempt" EQ "$3 "
+		"    AND st.worker IS NOT NULL "
 		"  RETURNING st.step, st.worker, st.claim_id, st.claimed_at), "
 		"n AS ("
 		"  INSERT INTO apicore.saga_step (saga, position, direction, step, action, definition, "
@@ -420,95 +485,102 @@ static const SagaPlanDef plan_defs[NUM_PLANS] = {
 		"  SELECT $1, s.step, 'forward', $3, 'claimed', 'succeeded', s.worker, n.step, "
 		"    s.claim_id, s.claimed_at, s.worker FROM n, s) "
 		"SELECT g.name, g.definition, EXISTS (SELECT FROM n) FROM g",
-	4, {UUIDOID, TEXTOID, INT4OID, JSONBOID}, .claim_log = true},
-	[PLAN_STEP_CLAIM_ONE] = {"UPDATE apicore.saga_step SET state = 'claimed', attempt = attempt + 1, "
-		"  worker = $4, lease_expires_at = now() + timeout, updated_at = now(), " CLAIM_LOG_SQL
-		"WHERE saga = $1 AND position = $2 AND direction = $3 AND state = 'runnable' "
-		"RETURNING step, attempt, max_attempts, backoff, max_backoff, function::oid",
-	4, {UUIDOID, INT4OID, TEXTOID, TEXTOID}, .claim_log = true},
+	4, {UUIDOID, TEXTOID, INT4OID, JSONBOID}, .v020 = true},
+	[PLAN_STEP_CLAIM_ONE] = {"UPDATE apicore.saga_step SET state = 'claimed', attempt = attempt" PLUS "1, "
+		"  worker = $4, lease_expires_at = " SQL_NOW PLUS "timeout, updated_at = " SQL_NOW ", " CLAIM_LOG_SQL
+		"WHERE saga" EQ "$1 AND position" EQ "$2 AND direction" EQ "$3 AND state" EQ "'runnable' "
+		"RETURNING step, attempt, max_attempts, backoff, max_backoff, function::pg_catalog.oid",
+	4, {UUIDOID, INT4OID, TEXTOID, TEXTOID}, .v020 = true},
+	/* a claimed run whose worker was erased (by hand) is reported as '(unknown)' */
 	[PLAN_STEP_CLAIMED] = {"SELECT position, direction, step, attempt, max_attempts, backoff, max_backoff, "
-		"  function::oid, worker "
-		"FROM apicore.saga_step WHERE saga = $1 AND step = $2 AND state = 'claimed'",
+		"  function::pg_catalog.oid, coalesce(worker, '(unknown)') "
+		"FROM apicore.saga_step WHERE saga" EQ "$1 AND step" EQ "$2 AND state" EQ "'claimed'",
 	2, {UUIDOID, TEXTOID}},
 	[PLAN_STEP_EXPIRED] = {"SELECT position, direction, step, attempt, max_attempts, backoff, max_backoff, "
-		"  function::oid, worker "
-		"FROM apicore.saga_step WHERE saga = $1 AND lease_expires_at < now()",
+		"  function::pg_catalog.oid, coalesce(worker, '(unknown)') "
+		"FROM apicore.saga_step WHERE saga" EQ "$1 AND lease_expires_at" LT SQL_NOW,
 	1, {UUIDOID}},
-	[PLAN_STEP_LATEST] = {"SELECT state, attempt FROM apicore.saga_step WHERE saga = $1 AND step = $2 "
+	[PLAN_STEP_LATEST] = {"SELECT state, attempt FROM apicore.saga_step WHERE saga" EQ "$1 AND step" EQ "$2 "
 	"ORDER BY updated_at DESC, direction DESC LIMIT 1", 2, {UUIDOID, TEXTOID}},
-	[PLAN_STEP_CURRENT] = {"SELECT s.state, s.step, s.attempt, s.worker, s.lease_expires_at::text "
-		"FROM apicore.saga_step s WHERE s.saga = $1 AND s.position = $2 AND s.direction = $3",
+	[PLAN_STEP_CURRENT] = {"SELECT s.state, s.step, s.attempt, coalesce(s.worker, '(unknown)'), "
+		"  s.lease_expires_at::pg_catalog.text "
+		"FROM apicore.saga_step s WHERE s.saga" EQ "$1 AND s.position" EQ "$2 AND s.direction" EQ "$3",
 	3, {UUIDOID, INT4OID, TEXTOID}},
 	[PLAN_STEP_SET] = {"UPDATE apicore.saga_step SET state = $4, output = $5, last_error = $6, "
-		"  run_after = coalesce($7, run_after), lease_expires_at = NULL, updated_at = now() "
-		"WHERE saga = $1 AND position = $2 AND direction = $3",
+		"  run_after = coalesce($7, run_after), lease_expires_at = NULL, updated_at = " SQL_NOW " "
+		"WHERE saga" EQ "$1 AND position" EQ "$2 AND direction" EQ "$3",
 	7, {UUIDOID, INT4OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TIMESTAMPTZOID}},
 	/* cancel (runnable only) or resolve (claimed too) stops the active run */
 	[PLAN_STEP_STOP] = {"UPDATE apicore.saga_step SET state = 'cancelled', lease_expires_at = NULL, "
-		"  updated_at = now() "
-		"WHERE saga = $1 AND (state = 'runnable' OR ($2 AND state = 'claimed')) "
+		"  updated_at = " SQL_NOW " "
+		"WHERE saga" EQ "$1 AND (state" EQ "'runnable' OR ($2 AND state" EQ "'claimed')) "
 		"RETURNING position, direction, step, attempt",
 	2, {UUIDOID, BOOLOID}},
 	/* operator retry: runnable now, with a fresh budget of attempts if it had given up */
-	[PLAN_STEP_REARM] = {"UPDATE apicore.saga_step s SET state = 'runnable', run_after = now(), "
-		"  updated_at = now(), max_attempts = CASE WHEN s.state = 'runnable' THEN s.max_attempts "
-		"    ELSE s.attempt + d.max_attempts END "
+	[PLAN_STEP_REARM] = {"UPDATE apicore.saga_step s SET state = 'runnable', run_after = " SQL_NOW ", "
+		"  updated_at = " SQL_NOW ", max_attempts = CASE WHEN s.state" EQ "'runnable' THEN s.max_attempts "
+		"    ELSE s.attempt" PLUS "d.max_attempts END "
 		"FROM apicore.saga g, apicore.saga_definition_step d "
-		"WHERE s.saga = $1 AND s.position = $2 AND s.direction = $3 AND g.id = s.saga "
-		"  AND d.definition = g.definition AND d.version = g.version AND d.position = s.position "
+		"WHERE s.saga" EQ "$1 AND s.position" EQ "$2 AND s.direction" EQ "$3 AND g.id" EQ "s.saga "
+		"  AND d.definition" EQ "g.definition AND d.version" EQ "g.version AND d.position" EQ "s.position "
 		"RETURNING s.step, s.definition, s.function IS NOT NULL",
 	3, {UUIDOID, INT4OID, TEXTOID}},
 	/* the next step to compensate: the highest succeeded one below $2 that has a compensation */
 	[PLAN_NEXT_COMPENSATION] = {"SELECT s.position FROM apicore.saga_step s "
-		"JOIN apicore.saga g ON g.id = s.saga "
+		"JOIN apicore.saga g ON g.id" EQ "s.saga "
 		"JOIN apicore.saga_definition_step d "
-		"  ON d.definition = g.definition AND d.version = g.version AND d.position = s.position "
-		"WHERE s.saga = $1 AND s.direction = 'forward' AND s.state = 'succeeded' AND s.position < $2 "
+		"  ON d.definition" EQ "g.definition AND d.version" EQ "g.version AND d.position" EQ "s.position "
+		"WHERE s.saga" EQ "$1 AND s.direction" EQ "'forward' AND s.state" EQ "'succeeded' "
+		"  AND s.position" LT "$2 "
 		"  AND (d.compensate IS NOT NULL OR d.compensate_function IS NOT NULL) "
 		"ORDER BY s.position DESC LIMIT 1", 2, {UUIDOID, INT4OID}},
-	[PLAN_CLAIM] = {CLAIM_ONE_SQL, 3, {TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID}, .claim_log = true},
+	[PLAN_CLAIM] = {CLAIM_ONE_SQL, 3, {TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID}, .v020 = true},
 	[PLAN_CLAIM_MANY] = {CLAIM_MANY_SQL, 4, {TEXTOID, TEXTARRAYOID, INT4OID, TIMESTAMPTZOID},
-	.custom = true, .claim_log = true},
+	.custom = true, .v020 = true},
 	[PLAN_DUE_LOCAL_STEPS] = {"SELECT g.id, s.position, s.direction FROM apicore.saga_step s "
-		"JOIN apicore.saga g ON g.id = s.saga "
-		"WHERE s.state = 'runnable' AND s.run_after <= now() AND s.function IS NOT NULL "
+		"JOIN apicore.saga g ON g.id" EQ "s.saga "
+		"WHERE s.state" EQ "'runnable' AND s.run_after" LE SQL_NOW " AND s.function IS NOT NULL "
 		"ORDER BY s.run_after LIMIT $1 FOR UPDATE OF g SKIP LOCKED", 1, {INT4OID}, true},
-	[PLAN_HEARTBEAT] = {"UPDATE apicore.saga_step SET lease_expires_at = now() + timeout, updated_at = now() "
-		"WHERE saga = $1 AND step = $2 AND state = 'claimed' AND attempt = $3 RETURNING lease_expires_at",
+	[PLAN_HEARTBEAT] = {"UPDATE apicore.saga_step SET lease_expires_at = " SQL_NOW PLUS "timeout, "
+		"  updated_at = " SQL_NOW " "
+		"WHERE saga" EQ "$1 AND step" EQ "$2 AND state" EQ "'claimed' AND attempt" EQ "$3 "
+		"RETURNING lease_expires_at",
 	3, {UUIDOID, TEXTOID, INT4OID}},
-	[PLAN_EXPIRED_SAGAS] = {"SELECT g.id FROM apicore.saga_step s JOIN apicore.saga g ON g.id = s.saga "
-		"WHERE s.lease_expires_at < now() "
+	[PLAN_EXPIRED_SAGAS] = {"SELECT g.id FROM apicore.saga_step s JOIN apicore.saga g ON g.id" EQ "s.saga "
+		"WHERE s.lease_expires_at" LT SQL_NOW " "
 		"ORDER BY s.lease_expires_at LIMIT $1 FOR UPDATE OF g SKIP LOCKED",
 	1, {INT4OID}, true},
 	[PLAN_DEADLINE_SAGAS] = {"SELECT id FROM apicore.saga "
-		"WHERE state = 'running' AND deadline IS NOT NULL AND deadline < now() "
+		"WHERE state" EQ "'running' AND deadline IS NOT NULL AND deadline" LT SQL_NOW " "
 	"ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED", 1, {INT4OID}, true},
 	/* a finished saga goes with its steps in one statement */
 	[PLAN_RETENTION_SAGAS] = {"WITH doomed AS ("
 		"  SELECT id FROM apicore.saga "
-		"   WHERE finished_at < now() - make_interval(secs => $1) "
+		"   WHERE finished_at" LT "(" SQL_NOW MINUS "pg_catalog.make_interval(secs => $1::pg_catalog.float8)) "
 		"   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
-		"gone AS (DELETE FROM apicore.saga g USING doomed WHERE g.id = doomed.id RETURNING g.id), "
-		"steps AS (DELETE FROM apicore.saga_step s USING gone WHERE s.saga = gone.id) "
-		"SELECT count(*)::int, array_agg(id) FROM gone", 2, {INT4OID, INT4OID}, true},
-	[PLAN_RETENTION_LOG] = {"DELETE FROM apicore.saga_transition WHERE saga = ANY ($1)",
+		"gone AS (DELETE FROM apicore.saga g USING doomed WHERE g.id" EQ "doomed.id RETURNING g.id), "
+		"steps AS (DELETE FROM apicore.saga_step s USING gone WHERE s.saga" EQ "gone.id) "
+		"SELECT pg_catalog.count(*)::pg_catalog.int4, pg_catalog.array_agg(id) FROM gone",
+	2, {INT4OID, INT4OID}, true},
+	[PLAN_RETENTION_LOG] = {"DELETE FROM apicore.saga_transition WHERE saga" EQ "ANY ($1)",
 	1, {UUIDARRAYOID}},
-	[PLAN_GET] = {"SELECT jsonb_build_object("
+	[PLAN_GET] = {"SELECT pg_catalog.jsonb_build_object("
 		"  'saga_id', g.id, 'definition', g.definition, 'version', g.version, 'state', g.state, "
 		"  'payload', g.payload, 'outputs', " OUTPUTS_SQL ", 'deadline', g.deadline, "
 		"  'cancel_reason', g.cancel_reason, 'created_at', g.created_at, 'updated_at', g.updated_at, "
-		"  'current_step', (SELECT c.step FROM apicore.saga_step c WHERE c.saga = g.id "
-		"                    AND c.position = g.position AND c.direction = g.direction), "
+		"  'current_step', (SELECT c.step FROM apicore.saga_step c WHERE c.saga" EQ "g.id "
+		"                    AND c.position" EQ "g.position AND c.direction" EQ "g.direction), "
 		"  'direction', g.direction, "
-		"  'steps', coalesce((SELECT jsonb_agg(jsonb_build_object("
+		"  'steps', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object("
 		"      'step', s.step, 'position', s.position, 'direction', s.direction, 'action', s.action, "
 		"      'local', s.function IS NOT NULL, 'state', s.state, 'attempt', s.attempt, "
 		"      'max_attempts', s.max_attempts, 'run_after', s.run_after, "
 		"      'lease_expires_at', s.lease_expires_at, 'worker', s.worker, 'last_error', s.last_error, "
-		"      'output', s.output, 'idempotency_key', s.saga || ':' || s.step || ':' || s.direction) "
-		"    ORDER BY s.direction DESC, CASE WHEN s.direction = 'forward' THEN s.position ELSE -s.position END) "
-		"    FROM apicore.saga_step s WHERE s.saga = g.id), '[]')) "
-		"FROM apicore.saga g WHERE g.id = $1", 1, {UUIDOID}},
+		"      'output', s.output, 'idempotency_key', " IDEMPOTENCY_KEY_SQL("s") ") "
+		"    ORDER BY s.direction DESC, CASE WHEN s.direction" EQ "'forward' THEN s.position "
+		"      ELSE OPERATOR(pg_catalog.-) s.position END) "
+		"    FROM apicore.saga_step s WHERE s.saga" EQ "g.id), '[]'::pg_catalog.jsonb)) "
+		"FROM apicore.saga g WHERE g.id" EQ "$1", 1, {UUIDOID}},
 };
 
 static SPIPlanPtr plans[NUM_PLANS];
@@ -516,15 +588,19 @@ static SPIPlanPtr plans[NUM_PLANS];
 /*
  * After a new apicore.so is installed and the server restarted, the tables
  * stay as the old version made them until ALTER EXTENSION apicore UPDATE:
- * statements that need the 0.2.0 claim columns refuse clearly until then
+ * statements that need the 0.2.0 columns (claims logged with the next
+ * transition, the definer of a definition) refuse clearly until then
  * (checked when such a statement is first prepared in a backend).
  */
 static void
-RequireClaimColumns(void)
+RequireCurrentTables(void)
 {
-	Oid			log = get_relname_relid("saga_transition", get_namespace_oid("apicore", false));
+	Oid			nsp = get_namespace_oid("apicore", false);
+	Oid			log = get_relname_relid("saga_transition", nsp);
+	Oid			def = get_relname_relid("saga_definition", nsp);
 
-	if (!OidIsValid(log) || get_attnum(log, "claim_id") == InvalidAttrNumber)
+	if (!OidIsValid(log) || get_attnum(log, "claim_id") == InvalidAttrNumber ||
+		!OidIsValid(def) || get_attnum(def, "definer") == InvalidAttrNumber)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apicore: the saga tables are older than the installed apicore library %s",
@@ -542,8 +618,8 @@ SagaExec(SagaPlanId id, Datum *values, const char *nulls, bool read_only, long c
 	{
 		SPIPlanPtr	plan;
 
-		if (plan_defs[id].claim_log)
-			RequireClaimColumns();
+		if (plan_defs[id].v020)
+			RequireCurrentTables();
 
 		/*
 		 * The generic plan unless told otherwise: a custom plan is planned
@@ -582,6 +658,33 @@ ResultText(int row, int col)
 	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
 }
 
+/*
+ * Column `col` of a step row read back, which apicore never leaves NULL: a
+ * NULL (a NOT NULL constraint dropped and the row changed by hand) is a
+ * clean error, not a NULL pointer followed.
+ */
+static Datum
+StepValue(int row, int col)
+{
+	bool		isnull;
+	Datum		value = ResultValue(row, col, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("apicore: column %s of a saga step is NULL, which apicore never writes",
+						SPI_fname(SPI_tuptable->tupdesc, col)),
+				 errhint("The row was changed outside apicore; end the saga with apicore.saga_resolve.")));
+	return value;
+}
+
+static char *
+StepText(int row, int col)
+{
+	(void) StepValue(row, col);
+	return ResultText(row, col);
+}
+
 /* ---------- argument checks ---------- */
 
 static void
@@ -608,10 +711,57 @@ NameArg(FunctionCallInfo fcinfo, int argno, const char *name, const char *hint)
 	return value;
 }
 
+/* The caller's role name: the actor logged for what it asks. */
 static char *
-ActorName(void)
+ActorName(Oid caller)
 {
-	return GetUserNameFromId(GetUserId(), false);
+	return GetUserNameFromId(caller, false);
+}
+
+/* ---------- identity: every entry point works as apicore's owner ---------- */
+
+/*
+ * apicore's saga tables are written only through these functions: no role
+ * but apicore's owner holds a privilege to write them.  So every entry point
+ * does its work as the owner, through ApicoreBecome (restricted operation,
+ * search_path = pg_catalog, pg_temp), and the statements it runs qualify
+ * every name.  Who may call what is decided by EXECUTE on the functions.
+ * Returns the caller, who is only ever the actor named in the log and the
+ * definer of a new definition.
+ */
+static Oid
+SagaEnter(ApicoreIdentity *id)
+{
+	Oid			caller = GetUserId();
+
+	ApicoreBecome(id, ApicoreOwner(), 0);
+	return caller;
+}
+
+/* ---------- intervals: bounded at definition, checked again at use ---------- */
+
+/* An interval in microseconds (a month is 30 days); false on overflow. */
+static bool
+SpanMicroseconds(const Interval *span, int64 *usecs)
+{
+	int64		days;
+
+	if (pg_mul_s64_overflow((int64) span->month, DAYS_PER_MONTH, &days) ||
+		pg_add_s64_overflow(days, span->day, &days) ||
+		pg_mul_s64_overflow(days, USECS_PER_DAY, usecs) ||
+		pg_add_s64_overflow(*usecs, span->time, usecs))
+		return false;
+	return true;
+}
+
+/* Positive and at most MAX_SPAN_TEXT, with no negative field. */
+static bool
+SpanUsable(const Interval *span)
+{
+	int64		usecs;
+
+	return span->month >= 0 && span->day >= 0 && span->time >= 0 &&
+		SpanMicroseconds(span, &usecs) && usecs > 0 && usecs <= MAX_SPAN_USECS;
 }
 
 /* ---------- the audit log ---------- */
@@ -660,7 +810,6 @@ typedef struct StepRun
 	int			max_attempts;
 	Interval   *backoff;
 	Interval   *max_backoff;
-	Oid			function;		/* InvalidOid: not a local step */
 	char	   *worker;
 } StepRun;
 
@@ -668,12 +817,61 @@ static void SagaAdvanceFrom(SagaRow *saga, StepRun *run, bool succeeded, const c
 static void SagaStepFailed(SagaRow *saga, StepRun *run, const char *error, bool retryable,
 						   const char *actor);
 
-/* Lock the saga row; NULL when there is no such saga. */
+static char *
+SagaIdText(pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
+}
+
+static bool
+IsOneOf(const char *value, const char *const *known, int n)
+{
+	for (int i = 0; i < n && value != NULL; i++)
+		if (strcmp(value, known[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool
+IsDirection(const char *direction)
+{
+	static const char *const directions[] = {"forward", "compensate"};
+
+	return IsOneOf(direction, directions, lengthof(directions));
+}
+
+/*
+ * A saga row that apicore could not have written (changed by hand): a clean
+ * error instead of a state machine run on values it never expects.
+ */
+static void
+CheckSagaRow(SagaRow *saga)
+{
+	static const char *const states[] = {"running", "compensating", "completed", "compensated",
+	"failed", "cancelled"};
+
+	if (IsOneOf(saga->state, states, lengthof(states)) && saga->position >= 1 &&
+		IsDirection(saga->direction))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("apicore: saga %s has state %s, position %d and direction %s, which apicore never writes",
+					SagaIdText(&saga->id), saga->state ? quote_literal_cstr(saga->state) : "NULL",
+					saga->position, saga->direction ? quote_literal_cstr(saga->direction) : "NULL"),
+			 errhint("The row was changed outside apicore; end the saga with apicore.saga_resolve.")));
+}
+
+/*
+ * Lock the saga row; NULL when there is no such saga.  `check`: refuse a
+ * row apicore never writes (saga_resolve, which can end such a saga, does
+ * not check).
+ */
 static SagaRow *
-LockSaga(pg_uuid_t *id)
+LockSagaRow(pg_uuid_t *id, bool check)
 {
 	Datum		values[1] = {UUIDPGetDatum(id)};
 	SagaRow    *saga;
+	bool		isnull;
 
 	SagaExec(PLAN_SAGA_LOCK, values, NULL, false, 1);
 	if (SPI_processed == 0)
@@ -681,24 +879,43 @@ LockSaga(pg_uuid_t *id)
 	saga = palloc0(sizeof(SagaRow));
 	saga->id = *id;
 	saga->state = ResultText(0, 1);
-	saga->position = DatumGetInt32(ResultValue(0, 2, NULL));
+	saga->position = DatumGetInt32(ResultValue(0, 2, &isnull));
+	if (isnull)
+		saga->position = 0;
 	saga->direction = ResultText(0, 3);
 	saga->cancelling = DatumGetBool(ResultValue(0, 4, NULL));
+	if (check)
+		CheckSagaRow(saga);
+	if (saga->state == NULL)
+		saga->state = "NULL";
+	if (saga->direction == NULL)
+		saga->direction = "NULL";
+	return saga;
+}
+
+static SagaRow *
+LockSaga(pg_uuid_t *id)
+{
+	return LockSagaRow(id, true);
+}
+
+static SagaRow *
+LockSagaOrErrorRow(pg_uuid_t *id, bool check)
+{
+	SagaRow    *saga = LockSagaRow(id, check);
+
+	if (saga == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("apicore: saga_id %s does not exist", SagaIdText(id)),
+				 errhint("Pass the id returned by apicore.saga_start; finished sagas are removed after apicore.saga_retention.")));
 	return saga;
 }
 
 static SagaRow *
 LockSagaOrError(pg_uuid_t *id)
 {
-	SagaRow    *saga = LockSaga(id);
-
-	if (saga == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("apicore: saga_id %s does not exist",
-						DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)))),
-				 errhint("Pass the id returned by apicore.saga_start; finished sagas are removed after apicore.saga_retention.")));
-	return saga;
+	return LockSagaOrErrorRow(id, true);
 }
 
 /*
@@ -739,10 +956,62 @@ SagaIsFinished(SagaRow *saga)
 
 /* ---------- local steps ---------- */
 
+/*
+ * What is wrong with calling `fn` as a local step run by `definer`, or NULL
+ * when nothing is: it exists, is a plain function of (jsonb) or (jsonb,
+ * jsonb) returning one jsonb, the definer still exists and may execute it,
+ * and a superuser definer runs only a superuser's function (so that no other
+ * role can put code there that then runs as superuser).  Checked when a
+ * saga is defined and again before every call.  *nargs: the function's.
+ */
+static char *
+LocalFunctionProblem(Oid fn, Oid definer, int *nargs, int *sqlstate)
+{
+	HeapTuple	tuple;
+	Form_pg_proc proc;
+	char	   *problem = NULL;
+
+	*sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(definer)))
+	{
+		*sqlstate = ERRCODE_UNDEFINED_OBJECT;
+		return psprintf("the role (OID %u) that defined the saga no longer exists", definer);
+	}
+	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tuple))
+	{
+		*sqlstate = ERRCODE_UNDEFINED_FUNCTION;
+		return psprintf("function %u no longer exists", fn);
+	}
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+	*nargs = proc->pronargs;
+	if (proc->prokind != PROKIND_FUNCTION || proc->proretset || proc->prorettype != JSONBOID ||
+		proc->pronargs < 1 || proc->pronargs > 2 || proc->proargtypes.values[0] != JSONBOID ||
+		(proc->pronargs == 2 && proc->proargtypes.values[1] != JSONBOID))
+		problem = psprintf("%s is not a function of (jsonb) or (jsonb, jsonb) returning one jsonb value",
+						   format_procedure(fn));
+	else if (pg_proc_aclcheck(fn, definer, ACL_EXECUTE) != ACLCHECK_OK)
+	{
+		*sqlstate = ERRCODE_INSUFFICIENT_PRIVILEGE;
+		problem = psprintf("role %s, which defined the saga, may not execute %s",
+						   GetUserNameFromId(definer, false), format_procedure(fn));
+	}
+	else if (superuser_arg(definer) && !superuser_arg(proc->proowner))
+	{
+		*sqlstate = ERRCODE_INSUFFICIENT_PRIVILEGE;
+		problem = psprintf("%s belongs to role %s, who is not a superuser, and would run as a superuser",
+						   format_procedure(fn), GetUserNameFromId(proc->proowner, false));
+	}
+	ReleaseSysCache(tuple);
+	return problem;
+}
+
 /* A local step's function call, as the body of a subtransaction. */
 typedef struct LocalCall
 {
 	Oid			function;
+	Oid			definer;
+	int			nargs;			/* 1 or 2, checked */
 	Datum		payload;
 	Datum		outputs;
 	MemoryContext result_cxt;
@@ -750,24 +1019,32 @@ typedef struct LocalCall
 	bool		output_null;
 } LocalCall;
 
+/*
+ * Call the function as the role that defined the saga.  On error the
+ * subtransaction's abort restores the identity.
+ */
 static void
 CallLocalBody(void *arg)
 {
 	LocalCall  *lc = arg;
 	LOCAL_FCINFO(call, 2);
 	FmgrInfo	flinfo;
+	ApicoreIdentity definer;
 	Datum		result;
-	AclResult	acl = pg_proc_aclcheck(lc->function, GetUserId(), ACL_EXECUTE);
 
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(lc->function));
+	ApicoreBecome(&definer, lc->definer, 0);
 	fmgr_info(lc->function, &flinfo);
-	InitFunctionCallInfoData(*call, &flinfo, flinfo.fn_nargs, InvalidOid, NULL, NULL);
+	if (flinfo.fn_nargs != lc->nargs)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: %s changed while the step was called", format_procedure(lc->function))));
+	InitFunctionCallInfoData(*call, &flinfo, lc->nargs, InvalidOid, NULL, NULL);
 	call->args[0].value = lc->payload;
 	call->args[0].isnull = false;
 	call->args[1].value = lc->outputs;
 	call->args[1].isnull = false;
 	result = FunctionCallInvoke(call);
+	ApicoreRestore(&definer);
 	lc->output_null = call->isnull;
 	if (!call->isnull)
 	{
@@ -785,36 +1062,57 @@ CallLocalBody(void *arg)
  * Query cancel is not a step failure: it is rethrown.
  */
 static char *
-CallLocalFunction(Oid function, Datum payload, Datum outputs, Datum *output, bool *output_null)
+CallLocalFunction(LocalCall *call)
 {
-	LocalCall	call = {function, payload, outputs, CurrentMemoryContext, (Datum) 0, true};
-	ErrorData  *failure = ApicoreTrySubtransaction(CallLocalBody, &call);
+	ErrorData  *failure;
 
-	*output = call.output;
-	*output_null = call.output_null;
+	call->result_cxt = CurrentMemoryContext;
+	call->output_null = true;
+	failure = ApicoreTrySubtransaction(CallLocalBody, call);
 	if (failure == NULL)
 		return NULL;
 	return psprintf("%s (SQLSTATE %s)", failure->message, unpack_sql_state(failure->sqlerrcode));
 }
 
-/* Run a claimed local step now and record its outcome. */
+/*
+ * Run a claimed local step now and record its outcome.  The function and
+ * the role it runs as come from the definition; one that can no longer be
+ * called fails the step for good (it would fail every attempt).
+ */
 static void
 RunLocalStep(SagaRow *saga, StepRun *run)
 {
-	Datum		values[1] = {UUIDPGetDatum(&saga->id)};
-	Datum		payload;
-	Datum		outputs;
-	Datum		output = (Datum) 0;
-	bool		output_null = true;
+	Datum		values[3] = {UUIDPGetDatum(&saga->id), Int32GetDatum(run->position),
+	CStringGetTextDatum(run->direction)};
+	LocalCall	call = {0};
+	bool		isnull;
+	int			sqlstate;
 	char	   *error;
 
-	SagaExec(PLAN_SAGA_DATA, values, NULL, false, 1);
-	payload = ResultValue(0, 1, NULL);
-	outputs = ResultValue(0, 2, NULL);
-	error = CallLocalFunction(run->function, payload, outputs, &output, &output_null);
+	SagaExec(PLAN_LOCAL_CALL, values, NULL, false, 1);
+	if (SPI_processed == 0)
+		error = pstrdup("the saga's definition is missing");
+	else
+	{
+		call.payload = ResultValue(0, 1, NULL);
+		call.outputs = ResultValue(0, 2, NULL);
+		call.function = DatumGetObjectId(ResultValue(0, 3, &isnull));
+		if (isnull)
+			call.function = InvalidOid;
+		call.definer = DatumGetObjectId(ResultValue(0, 4, NULL));
+		error = LocalFunctionProblem(call.function, call.definer, &call.nargs, &sqlstate);
+	}
+	if (error != NULL)
+	{
+		SagaStepFailed(saga, run, psprintf("apicore: step \"%s\" cannot run: %s (SQLSTATE %s)",
+										   run->step, error, unpack_sql_state(sqlstate)),
+					   false, APICORE_ACTOR);
+		return;
+	}
+	error = CallLocalFunction(&call);
 	if (error == NULL)
 	{
-		if (RecordSuccess(saga, run, output, output_null, APICORE_ACTOR))
+		if (RecordSuccess(saga, run, call.output, call.output_null, APICORE_ACTOR))
 			SagaAdvanceFrom(saga, run, true, APICORE_ACTOR);
 		return;
 	}
@@ -830,17 +1128,22 @@ ClaimAndRunLocal(SagaRow *saga, int position, const char *direction)
 	CStringGetTextDatum(direction), CStringGetTextDatum(APICORE_ACTOR)};
 	StepRun		run;
 
+	if (!IsDirection(direction))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("apicore: a step of saga %s has direction %s, which apicore never writes",
+						SagaIdText(&saga->id), quote_literal_cstr(direction)),
+				 errhint("The row was changed outside apicore; end the saga with apicore.saga_resolve.")));
 	SagaExec(PLAN_STEP_CLAIM_ONE, values, NULL, false, 1);
 	if (SPI_processed == 0)
 		return;
 	run.position = position;
 	run.direction = pstrdup(direction);
-	run.step = ResultText(0, 1);
-	run.attempt = DatumGetInt32(ResultValue(0, 2, NULL));
-	run.max_attempts = DatumGetInt32(ResultValue(0, 3, NULL));
-	run.backoff = DatumGetIntervalP(ResultValue(0, 4, NULL));
-	run.max_backoff = DatumGetIntervalP(ResultValue(0, 5, NULL));
-	run.function = DatumGetObjectId(ResultValue(0, 6, NULL));
+	run.step = StepText(0, 1);
+	run.attempt = DatumGetInt32(StepValue(0, 2));
+	run.max_attempts = DatumGetInt32(StepValue(0, 3));
+	run.backoff = DatumGetIntervalP(StepValue(0, 4));
+	run.max_backoff = DatumGetIntervalP(StepValue(0, 5));
 	run.worker = APICORE_ACTOR;
 	RunLocalStep(saga, &run);
 }
@@ -950,19 +1253,35 @@ SagaAdvanceFrom(SagaRow *saga, StepRun *run, bool succeeded, const char *actor)
 static TimestampTz
 RetryAt(StepRun *run)
 {
-	int64		base = run->backoff->time + run->backoff->day * USECS_PER_DAY +
-		(int64) run->backoff->month * DAYS_PER_MONTH * USECS_PER_DAY;
-	int64		cap = run->max_backoff->time + run->max_backoff->day * USECS_PER_DAY +
-		(int64) run->max_backoff->month * DAYS_PER_MONTH * USECS_PER_DAY;
-	int64		delay = base;
+	int64		base;
+	int64		cap;
+	int64		delay;
 	int64		half_ms;
+	TimestampTz at;
 
+	/* saga_define bounds both; a row changed by hand must not overflow */
+	if (!SpanUsable(run->backoff) || !SpanUsable(run->max_backoff))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("apicore: backoff %s or max_backoff %s of step \"%s\" is not a positive interval of at most %s",
+						DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(run->backoff))),
+						DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(run->max_backoff))),
+						run->step, MAX_SPAN_TEXT),
+				 errhint("The step row was changed outside apicore; end the saga with apicore.saga_resolve.")));
+	(void) SpanMicroseconds(run->backoff, &base);
+	(void) SpanMicroseconds(run->max_backoff, &cap);
+	delay = base;
 	for (int i = 1; i < run->attempt && delay < cap; i++)
-		delay *= 2;
+		delay *= 2;				/* below cap before doubling: no overflow */
 	delay = Min(delay, cap);
 	half_ms = Min(delay / 2000, (int64) PG_UINT32_MAX - 1);
 	delay = delay / 2 + (int64) randombytes_uniform((uint32) half_ms + 1) * 1000;
-	return GetCurrentTransactionStartTimestamp() + delay;
+	at = GetCurrentTransactionStartTimestamp() + delay;
+	if (!IS_VALID_TIMESTAMP(at))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("apicore: the retry time of step \"%s\" is out of range", run->step)));
+	return at;
 }
 
 /* Record a failed attempt: retry later, or give up and move the saga on. */
@@ -1016,15 +1335,20 @@ StepRunFromResult(void)
 {
 	StepRun    *run = palloc0(sizeof(StepRun));
 
-	run->position = DatumGetInt32(ResultValue(0, 1, NULL));
-	run->direction = ResultText(0, 2);
-	run->step = ResultText(0, 3);
-	run->attempt = DatumGetInt32(ResultValue(0, 4, NULL));
-	run->max_attempts = DatumGetInt32(ResultValue(0, 5, NULL));
-	run->backoff = DatumGetIntervalP(ResultValue(0, 6, NULL));
-	run->max_backoff = DatumGetIntervalP(ResultValue(0, 7, NULL));
-	run->function = DatumGetObjectId(ResultValue(0, 8, NULL));
-	run->worker = ResultText(0, 9);
+	run->position = DatumGetInt32(StepValue(0, 1));
+	run->direction = StepText(0, 2);
+	run->step = StepText(0, 3);
+	run->attempt = DatumGetInt32(StepValue(0, 4));
+	run->max_attempts = DatumGetInt32(StepValue(0, 5));
+	run->backoff = DatumGetIntervalP(StepValue(0, 6));
+	run->max_backoff = DatumGetIntervalP(StepValue(0, 7));
+	run->worker = StepText(0, 9);
+	if (!IsDirection(run->direction))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("apicore: step \"%s\" of this saga has direction %s, which apicore never writes",
+						run->step, run->direction ? quote_literal_cstr(run->direction) : "NULL"),
+				 errhint("The row was changed outside apicore; end the saga with apicore.saga_resolve.")));
 	return run;
 }
 
@@ -1065,13 +1389,14 @@ ClaimedRun(FunctionCallInfo fcinfo, SagaRow **saga_out)
 	return run;
 }
 
-/* Copy a text result out of SPI memory before SPI_finish. */
+/* Copy a text result out of SPI memory, finish SPI and become the caller again. */
 static Datum
-FinishWithState(SagaRow *saga)
+FinishWithState(SagaRow *saga, ApicoreIdentity *id)
 {
 	Datum		result = SPI_datumTransfer(CStringGetTextDatum(saga->state), false, -1);
 
 	SPI_finish();
+	ApicoreRestore(id);
 	return result;
 }
 
@@ -1087,12 +1412,15 @@ FinishWithState(SagaRow *saga)
  * locks, then ExecSimpleRelationUpdate / ExecSimpleRelationInsert, which
  * check constraints, write the index entries and queue AFTER triggers.
  *
- * They apply only where they behave exactly as the SQL: a read-write
- * transaction, the caller holds the table privileges the statements need,
- * no row-level security applies, no BEFORE ROW trigger on a table they
- * write, and the tables are the ones this library knows (0.2.0 columns,
- * nothing added).  Anywhere else the SQL path runs, which raises the error
- * or applies the policy.
+ * They run as apicore's owner, as the SQL paths do (SagaEnter): the caller
+ * was let in by EXECUTE on the function, and privileges on the tables are
+ * the owner's.  They apply only where they behave exactly as the SQL: a
+ * read-write transaction, the owner holds the table privileges the
+ * statements need (an owner may revoke its own), no row-level security
+ * applies to the owner (FORCE ROW LEVEL SECURITY), no BEFORE ROW trigger on
+ * a table they write, and the tables are the ones this library knows (0.2.0
+ * columns, nothing added).  Anywhere else the SQL path runs, which raises
+ * the error or applies the policy.
  */
 typedef enum StepColumn
 {
@@ -1229,7 +1557,10 @@ ResolveDirectTables(void)
 		FindColumns(direct.log, log_columns, NUM_LOG_COLUMNS, direct.log_col, true);
 }
 
-/* The caller may do `mode` on `rel` as SQL would, with no row-level security. */
+/*
+ * The current user (apicore's owner, under SagaEnter) may do `mode` on `rel`
+ * as SQL would, with no row-level security.
+ */
 static bool
 MayDirectly(Oid rel, AclMode mode)
 {
@@ -1723,6 +2054,7 @@ RunClaimedAsReported(TupleTableSlot *row, void *arg)
 	const int  *col = direct.step_col;
 
 	return TextEquals(row->tts_values[col[SC_STATE]], "claimed") &&
+		!row->tts_isnull[col[SC_WORKER]] &&
 		DatumGetInt32(row->tts_values[col[SC_ATTEMPT]]) == reported->attempt &&
 		ApicoreTextEqual(DatumGetTextPP(row->tts_values[col[SC_STEP]]), DatumGetTextPP(reported->step));
 }
@@ -1921,21 +2253,29 @@ apicore_saga_step_succeeded(PG_FUNCTION_ARGS)
 	StepRun    *run;
 	Datum		output = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
 	int			direct_result;
+	ApicoreIdentity id;
 
+	(void) SagaEnter(&id);
 	direct_result = SucceedDirectly(fcinfo);
 	if (direct_result == 1)
+	{
+		ApicoreRestore(&id);
 		PG_RETURN_TEXT_P(cstring_to_text("running"));
+	}
 	SPI_connect();
 	if (direct_result < 0 && FastSucceed(fcinfo))
 	{
 		SPI_finish();
+		ApicoreRestore(&id);
 		PG_RETURN_TEXT_P(cstring_to_text("running"));
 	}
 	run = ClaimedRun(fcinfo, &saga);
 	if (!RecordSuccess(saga, run, output, PG_ARGISNULL(3), run->worker))
-		elog(ERROR, "apicore: claimed step \"%s\" changed under the saga lock", run->step);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: claimed step \"%s\" changed under the saga lock", run->step)));
 	SagaAdvanceFrom(saga, run, true, run->worker);
-	PG_RETURN_DATUM(FinishWithState(saga));
+	PG_RETURN_DATUM(FinishWithState(saga, &id));
 }
 
 Datum
@@ -1945,15 +2285,17 @@ apicore_saga_step_failed(PG_FUNCTION_ARGS)
 	StepRun    *run;
 	char	   *error;
 	bool		retryable;
+	ApicoreIdentity id;
 
 	RequireArg(fcinfo, 3, "error", "Pass a description of what failed; it is kept in the saga log.");
 	RequireArg(fcinfo, 4, "retryable", "Pass true to retry with backoff, false to give up the step now.");
 	error = text_to_cstring(PG_GETARG_TEXT_PP(3));
 	retryable = PG_GETARG_BOOL(4);
+	(void) SagaEnter(&id);
 	SPI_connect();
 	run = ClaimedRun(fcinfo, &saga);
 	SagaStepFailed(saga, run, error, retryable, run->worker);
-	PG_RETURN_DATUM(FinishWithState(saga));
+	PG_RETURN_DATUM(FinishWithState(saga, &id));
 }
 
 Datum
@@ -1961,6 +2303,7 @@ apicore_saga_heartbeat(PG_FUNCTION_ARGS)
 {
 	Datum		values[3];
 	TimestampTz lease;
+	ApicoreIdentity id;
 
 	RequireArg(fcinfo, 0, "saga_id", "Pass the saga_id returned by apicore.saga_claim.");
 	RequireArg(fcinfo, 1, "step", "Pass the step returned by apicore.saga_claim.");
@@ -1968,6 +2311,7 @@ apicore_saga_heartbeat(PG_FUNCTION_ARGS)
 	values[0] = PG_GETARG_DATUM(0);
 	values[1] = PG_GETARG_DATUM(1);
 	values[2] = PG_GETARG_DATUM(2);
+	(void) SagaEnter(&id);
 	SPI_connect();
 	SagaExec(PLAN_HEARTBEAT, values, NULL, false, 1);
 	if (SPI_processed == 0)
@@ -1978,6 +2322,7 @@ apicore_saga_heartbeat(PG_FUNCTION_ARGS)
 				 errhint("The lease expired and the step was reclaimed, or it was cancelled; stop working on it.")));
 	lease = DatumGetTimestampTz(ResultValue(0, 1, NULL));
 	SPI_finish();
+	ApicoreRestore(&id);
 	PG_RETURN_TIMESTAMPTZ(lease);
 }
 
@@ -2053,10 +2398,9 @@ StepInterval(JsonbContainer *step, int index, const char *field, const char *dfl
 
 	if (str == NULL)
 		str = (char *) dflt;
-	if (!ParseInterval(str, result) ||
-		(result->time <= 0 && result->day <= 0 && result->month <= 0) ||
-		result->time < 0 || result->day < 0 || result->month < 0)
-		StepError(index, field, psprintf("must be a positive interval, got \"%s\"", str),
+	if (!ParseInterval(str, result) || !SpanUsable(result))
+		StepError(index, field, psprintf("must be a positive interval of at most %s, got \"%s\"",
+										 MAX_SPAN_TEXT, str),
 				  "Write a positive PostgreSQL interval as a string, e.g. \"30 seconds\".");
 	return result;
 }
@@ -2081,14 +2425,20 @@ StepMaxAttempts(JsonbContainer *step, int index)
 	return (int) n;
 }
 
-/* A function (jsonb) or (jsonb, jsonb) returning jsonb. */
+/*
+ * A function (jsonb) or (jsonb, jsonb) returning jsonb that `definer` (the
+ * caller: the name is looked up in their search_path) may run as a step.
+ */
 static Oid
-StepFunction(JsonbContainer *step, int index, const char *field)
+StepFunction(JsonbContainer *step, int index, const char *field, Oid definer)
 {
 	char	   *name = StepString(step, index, field, false);
 	List	   *qualified;
 	Oid			args[2] = {JSONBOID, JSONBOID};
 	Oid			fn;
+	int			nargs;
+	int			sqlstate;
+	char	   *problem;
 
 	if (name == NULL)
 		return InvalidOid;
@@ -2106,6 +2456,12 @@ StepFunction(JsonbContainer *step, int index, const char *field)
 	if (get_func_rettype(fn) != JSONBOID || get_func_retset(fn))
 		StepError(index, field, psprintf("names %s, which does not return one jsonb value", name),
 				  "A local step function returns jsonb (its output), not SETOF.");
+	problem = LocalFunctionProblem(fn, definer, &nargs, &sqlstate);
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(sqlstate),
+				 errmsg("apicore: steps[%d].%s: %s", index, field, problem),
+				 errhint("A local step runs as the role that defines the saga: define it as a role that may execute the function and, for a superuser, one that a superuser owns.")));
 	return fn;
 }
 
@@ -2134,7 +2490,7 @@ CheckStepKeys(JsonbContainer *step, int index)
 }
 
 static StepDef *
-ParseSteps(Jsonb *steps, int *nsteps)
+ParseSteps(Jsonb *steps, int *nsteps, Oid definer)
 {
 	StepDef    *defs;
 	int			n;
@@ -2163,8 +2519,8 @@ ParseSteps(Jsonb *steps, int *nsteps)
 				StepError(i, "name", psprintf("\"%s\" is used by steps[%d] too", defs[i].name, j),
 						  "Step names must be unique within a definition.");
 		defs[i].compensate = StepString(step, i, "compensate", false);
-		defs[i].function = StepFunction(step, i, "function");
-		defs[i].compensate_function = StepFunction(step, i, "compensate_function");
+		defs[i].function = StepFunction(step, i, "function", definer);
+		defs[i].compensate_function = StepFunction(step, i, "compensate_function", definer);
 		if (defs[i].compensate && OidIsValid(defs[i].compensate_function))
 			StepError(i, "compensate", "and compensate_function are both set",
 					  "Name a worker action in compensate, or a local function in compensate_function, not both.");
@@ -2194,6 +2550,25 @@ InsertStepDef(const char *name, int version, int position, StepDef *def)
 	SagaExec(PLAN_DEF_STEP_INSERT, values, nulls, false, 0);
 }
 
+/*
+ * A new version of an existing definition must come from a role acting for
+ * the one that defined the latest (its local steps run as that role).
+ */
+static void
+RequireSameOwner(const char *name, Oid latest_definer, Oid caller)
+{
+	char	   *who;
+
+	if (has_privs_of_role(caller, latest_definer))
+		return;
+	who = GetUserNameFromId(latest_definer, true);
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("apicore: saga definition \"%s\" was defined by role %s", name,
+					who ? who : psprintf("with OID %u, since dropped", latest_definer)),
+			 errhint("Define a new version as that role (SET ROLE), or choose another name.")));
+}
+
 Datum
 apicore_saga_define(PG_FUNCTION_ARGS)
 {
@@ -2202,34 +2577,51 @@ apicore_saga_define(PG_FUNCTION_ARGS)
 	StepDef    *defs;
 	int			nsteps;
 	int			version = 1;
-	Datum		values[3];
+	Datum		values[4];
+	Oid			caller = GetUserId();
+	ApicoreIdentity id;
+	bool		has_definer;
 
 	RequireArg(fcinfo, 1, "steps", "Pass a JSON array of step objects.");
 	steps = PG_GETARG_JSONB_P(1);
-	defs = ParseSteps(steps, &nsteps);
+	/* function names are resolved as the caller, who becomes the definer */
+	defs = ParseSteps(steps, &nsteps, caller);
 
+	(void) SagaEnter(&id);
 	SPI_connect();
 	values[0] = CStringGetTextDatum(name);
 	values[1] = JsonbPGetDatum(steps);
 	SagaExec(PLAN_DEF_LOCK, values, NULL, false, 0);
-	SagaExec(PLAN_DEF_LATEST, values, NULL, false, 1);
+	/*
+	 * Definitions are the one thing the new library writes into 0.1.0's
+	 * tables before ALTER EXTENSION UPDATE (which then records a definer).
+	 */
+	has_definer = get_attnum(get_relname_relid("saga_definition", get_namespace_oid("apicore", false)),
+							 "definer") != InvalidAttrNumber;
+	SagaExec(has_definer ? PLAN_DEF_LATEST : PLAN_DEF_LATEST_010, values, NULL, false, 1);
 	if (SPI_processed > 0)
 	{
+		Oid			latest_definer = has_definer ? DatumGetObjectId(ResultValue(0, 3, NULL)) : caller;
+
 		version = DatumGetInt32(ResultValue(0, 1, NULL));
+		RequireSameOwner(name, latest_definer, caller);
 		/* the same steps again (a deploy re-running its setup): keep that version */
-		if (DatumGetBool(ResultValue(0, 2, NULL)))
+		if (DatumGetBool(ResultValue(0, 2, NULL)) && latest_definer == caller)
 		{
 			SPI_finish();
+			ApicoreRestore(&id);
 			PG_RETURN_INT32(version);
 		}
 		version++;
 	}
 	values[1] = Int32GetDatum(version);
 	values[2] = JsonbPGetDatum(steps);
-	SagaExec(PLAN_DEF_INSERT, values, NULL, false, 0);
+	values[3] = ObjectIdGetDatum(caller);
+	SagaExec(has_definer ? PLAN_DEF_INSERT : PLAN_DEF_INSERT_010, values, NULL, false, 0);
 	for (int i = 0; i < nsteps; i++)
 		InsertStepDef(name, version, i + 1, &defs[i]);
 	SPI_finish();
+	ApicoreRestore(&id);
 	PG_RETURN_INT32(version);
 }
 
@@ -2272,11 +2664,10 @@ NewSagaId(pg_uuid_t *uuid)
 static void
 CheckPositiveInterval(Interval *span, const char *name, const char *hint)
 {
-	if (span->time < 0 || span->day < 0 || span->month < 0 ||
-		(span->time == 0 && span->day == 0 && span->month == 0))
+	if (!SpanUsable(span))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("apicore: %s must be a positive interval", name),
+				 errmsg("apicore: %s must be a positive interval of at most %s", name, MAX_SPAN_TEXT),
 				 errhint("%s", hint)));
 }
 
@@ -2288,6 +2679,8 @@ apicore_saga_start(PG_FUNCTION_ARGS)
 	Datum		values[5];
 	char		nulls[5] = "     ";
 	SagaRow    *saga;
+	ApicoreIdentity identity;
+	Oid			caller;
 
 	RequireArg(fcinfo, 1, "payload", "Pass the saga's input as jsonb, e.g. '{}'.");
 	if (PG_ARGISNULL(2))
@@ -2298,6 +2691,7 @@ apicore_saga_start(PG_FUNCTION_ARGS)
 		CheckPositiveInterval(PG_GETARG_INTERVAL_P(3), "deadline",
 							  "Pass how long the saga may run, e.g. '15 minutes', or NULL for no deadline.");
 
+	caller = SagaEnter(&identity);
 	SPI_connect();
 	values[0] = UUIDPGetDatum(id);
 	values[1] = CStringGetTextDatum(definition);
@@ -2319,12 +2713,14 @@ apicore_saga_start(PG_FUNCTION_ARGS)
 							DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)))),
 					 errhint("Use a new saga_id for a new saga; repeat a start with the same definition and payload.")));
 		SPI_finish();
+		ApicoreRestore(&identity);
 		PG_RETURN_UUID_P(id);
 	}
 	saga = LockSaga(id);
-	LogTransition(id, NULL, NULL, 0, NULL, "running", ActorName(), NULL);
-	MakeRunnable(saga, 1, "forward", ActorName());
+	LogTransition(id, NULL, NULL, 0, NULL, "running", ActorName(caller), NULL);
+	MakeRunnable(saga, 1, "forward", ActorName(caller));
 	SPI_finish();
+	ApicoreRestore(&identity);
 	PG_RETURN_UUID_P(id);
 }
 
@@ -2451,6 +2847,7 @@ apicore_saga_claim(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *worker = NameArg(fcinfo, 0, "worker", "Name the worker, e.g. its host name and process id.");
 	int			max_steps;
+	ApicoreIdentity id;
 
 	RequireArg(fcinfo, 2, "max_steps", "Pass how many steps to claim at most, e.g. 1.");
 	max_steps = PG_GETARG_INT32(2);
@@ -2460,10 +2857,12 @@ apicore_saga_claim(PG_FUNCTION_ARGS)
 				 errmsg("apicore: max_steps must be 1 to %d, got %d", MAX_MAX_STEPS, max_steps),
 				 errhint("Claim as many steps as the worker can run before their leases expire.")));
 	InitMaterializedSRF(fcinfo, 0);
+	(void) SagaEnter(&id);
 	SPI_connect();
 	ClaimSteps(worker, PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1),
 			   max_steps, rsinfo->setResult, rsinfo->setDesc);
 	SPI_finish();
+	ApicoreRestore(&id);
 	return (Datum) 0;
 }
 
@@ -2498,14 +2897,17 @@ apicore_saga_cancel(PG_FUNCTION_ARGS)
 {
 	SagaRow    *saga;
 	char	   *reason;
+	ApicoreIdentity id;
+	Oid			caller;
 
 	RequireArg(fcinfo, 0, "saga_id", "Pass the id returned by apicore.saga_start.");
 	RequireArg(fcinfo, 1, "reason", "Say why the saga is cancelled; it is kept in the saga log.");
 	reason = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	caller = SagaEnter(&id);
 	SPI_connect();
 	saga = LockSagaOrError(PG_GETARG_UUID_P(0));
-	CancelSaga(saga, reason, ActorName());
-	PG_RETURN_DATUM(FinishWithState(saga));
+	CancelSaga(saga, reason, ActorName(caller));
+	PG_RETURN_DATUM(FinishWithState(saga, &id));
 }
 
 static void
@@ -2527,10 +2929,12 @@ apicore_saga_retry(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	char	   *step_state;
 	char	   *step;
+	ApicoreIdentity id;
 
 	RequireArg(fcinfo, 0, "saga_id", "Pass the id of a saga from apicore.saga_dead_letter.");
 	RequireArg(fcinfo, 2, "reason", "Say why the step is retried; it is kept in the saga log.");
 	reason = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	(void) SagaEnter(&id);
 	SPI_connect();
 	saga = LockSagaOrError(PG_GETARG_UUID_P(0));
 	RequireUnfinished(saga, "saga_retry");
@@ -2552,7 +2956,7 @@ apicore_saga_retry(PG_FUNCTION_ARGS)
 	SetSagaState(saga, strcmp(saga->direction, "forward") == 0 ? "running" : "compensating",
 				 actor, reason);
 	Schedule(saga, saga->position, saga->direction, actor, true);
-	PG_RETURN_DATUM(FinishWithState(saga));
+	PG_RETURN_DATUM(FinishWithState(saga, &id));
 }
 
 Datum
@@ -2563,6 +2967,7 @@ apicore_saga_resolve(PG_FUNCTION_ARGS)
 	char	   *actor = NameArg(fcinfo, 2, "actor", "Name the operator, e.g. 'alice@example.com'.");
 	char	   *reason;
 	Datum		stop[2];
+	ApicoreIdentity id;
 
 	RequireArg(fcinfo, 0, "saga_id", "Pass the id of a saga from apicore.saga_dead_letter.");
 	RequireArg(fcinfo, 1, "outcome", "Pass 'completed', 'compensated' or 'failed'.");
@@ -2575,8 +2980,10 @@ apicore_saga_resolve(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("apicore: outcome must be 'completed', 'compensated' or 'failed', got \"%s\"", outcome),
 				 errhint("'completed': every step is done; 'compensated': everything was undone; 'failed': park it in the dead letter.")));
+	(void) SagaEnter(&id);
 	SPI_connect();
-	saga = LockSagaOrError(PG_GETARG_UUID_P(0));
+	/* not checked: resolving is how an operator ends a saga whose row was damaged */
+	saga = LockSagaOrErrorRow(PG_GETARG_UUID_P(0), false);
 	RequireUnfinished(saga, "saga_resolve");
 	stop[0] = UUIDPGetDatum(&saga->id);
 	stop[1] = BoolGetDatum(true);
@@ -2585,7 +2992,7 @@ apicore_saga_resolve(PG_FUNCTION_ARGS)
 		LogTransition(&saga->id, ResultText(i, 3), ResultText(i, 2),
 					  DatumGetInt32(ResultValue(i, 4, NULL)), NULL, "cancelled", actor, reason);
 	SetSagaState(saga, outcome, actor, reason);
-	PG_RETURN_DATUM(FinishWithState(saga));
+	PG_RETURN_DATUM(FinishWithState(saga, &id));
 }
 
 /* ---------- saga_get ---------- */
@@ -2596,9 +3003,11 @@ apicore_saga_get(PG_FUNCTION_ARGS)
 	Datum		values[1];
 	Datum		result = (Datum) 0;
 	bool		isnull = true;
+	ApicoreIdentity id;
 
 	RequireArg(fcinfo, 0, "saga_id", "Pass the id returned by apicore.saga_start.");
 	values[0] = PG_GETARG_DATUM(0);
+	(void) SagaEnter(&id);
 	SPI_connect();
 	SagaExec(PLAN_GET, values, NULL, true, 1);
 	if (SPI_processed > 0)
@@ -2607,12 +3016,51 @@ apicore_saga_get(PG_FUNCTION_ARGS)
 		result = SPI_datumTransfer(result, false, -1);
 	}
 	SPI_finish();
+	ApicoreRestore(&id);
 	if (isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
 }
 
 /* ---------- maintenance tasks ---------- */
+
+/*
+ * Each task works as apicore's owner, whoever runs it (the worker connects
+ * as the bootstrap superuser), and moves each saga in a subtransaction of
+ * its own: a saga whose rows cannot be handled (changed by hand) is skipped
+ * with a WARNING, instead of failing the round for every other saga.
+ */
+typedef struct SagaTask
+{
+	pg_uuid_t  *id;
+	int			(*work) (pg_uuid_t *id);
+	int			done;
+} SagaTask;
+
+static void
+SagaTaskBody(void *arg)
+{
+	SagaTask   *task = arg;
+
+	task->done = task->work(task->id);
+}
+
+/* work(id) in a subtransaction: what it counted, or 0 (and *failed + 1) on error. */
+static int
+ForOneSaga(pg_uuid_t *id, int (*work) (pg_uuid_t *id), int *failed)
+{
+	SagaTask	task = {id, work, 0};
+	ErrorData  *error = ApicoreTrySubtransaction(SagaTaskBody, &task);
+
+	if (error == NULL)
+		return task.done;
+	ereport(WARNING,
+			(errcode(error->sqlerrcode),
+			 errmsg("apicore: saga maintenance skipped saga %s: %s", SagaIdText(id), error->message),
+			 error->hint ? errhint("%s", error->hint) : 0));
+	(*failed)++;
+	return 0;
+}
 
 /* A lost lease is a failed attempt: retried (with backoff) or given up. */
 static int
@@ -2632,6 +3080,17 @@ ReclaimSaga(pg_uuid_t *id)
 	return 1;
 }
 
+static int
+FireDeadline(pg_uuid_t *id)
+{
+	SagaRow    *saga = LockSaga(id);
+
+	if (saga == NULL)
+		return 0;
+	CancelSaga(saga, "deadline exceeded", APICORE_ACTOR);
+	return 1;
+}
+
 /* Ids from the last SPI result's first column, copied. */
 static List *
 ResultIds(void)
@@ -2648,58 +3107,88 @@ ResultIds(void)
 	return ids;
 }
 
+/* The task's report; SPI finished and the caller's identity back. */
 static Datum
-TaskResult(const char *detail)
+TaskResult(ApicoreIdentity *id, const char *detail, int failed)
 {
-	Datum		result = SPI_datumTransfer(CStringGetTextDatum(detail), false, -1);
+	Datum		result;
 
+	if (failed > 0)
+		detail = psprintf("%s, %d skipped (see the server log)", detail, failed);
+	result = SPI_datumTransfer(CStringGetTextDatum(detail), false, -1);
 	SPI_finish();
+	ApicoreRestore(id);
 	return result;
+}
+
+/* Lock the sagas of `plan` (LIMIT the batch) and work on each. */
+static int
+ForEachSaga(SagaPlanId plan, int (*work) (pg_uuid_t *id), int *failed)
+{
+	Datum		values[1] = {Int32GetDatum(saga_maintenance_batch)};
+	List	   *ids;
+	ListCell   *lc;
+	int			done = 0;
+
+	SagaExec(plan, values, NULL, false, 0);
+	ids = ResultIds();
+	foreach(lc, ids)
+		done += ForOneSaga(lfirst(lc), work, failed);
+	return done;
+}
+
+/* A task that works on each saga `plan` returns: "<count> <what>". */
+static Datum
+RunSagaTask(SagaPlanId plan, int (*work) (pg_uuid_t *id), const char *what)
+{
+	ApicoreIdentity id;
+	int			failed = 0;
+	int			done;
+
+	(void) SagaEnter(&id);
+	SPI_connect();
+	done = ForEachSaga(plan, work, &failed);
+	return TaskResult(&id, psprintf("%d %s", done, what), failed);
 }
 
 Datum
 apicore_saga_reclaim_leases(PG_FUNCTION_ARGS)
 {
-	Datum		values[1] = {Int32GetDatum(saga_maintenance_batch)};
-	List	   *ids;
-	ListCell   *lc;
-	int			reclaimed = 0;
-
-	SPI_connect();
-	SagaExec(PLAN_EXPIRED_SAGAS, values, NULL, false, 0);
-	ids = ResultIds();
-	foreach(lc, ids)
-		reclaimed += ReclaimSaga(lfirst(lc));
-	return TaskResult(psprintf("%d expired leases reclaimed", reclaimed));
+	return RunSagaTask(PLAN_EXPIRED_SAGAS, ReclaimSaga, "expired leases reclaimed");
 }
 
 Datum
 apicore_saga_fire_deadlines(PG_FUNCTION_ARGS)
 {
-	Datum		values[1] = {Int32GetDatum(saga_maintenance_batch)};
-	List	   *ids;
-	ListCell   *lc;
+	return RunSagaTask(PLAN_DEADLINE_SAGAS, FireDeadline, "sagas past their deadline cancelled");
+}
 
-	SPI_connect();
-	SagaExec(PLAN_DEADLINE_SAGAS, values, NULL, false, 0);
-	ids = ResultIds();
-	foreach(lc, ids)
-	{
-		SagaRow    *saga = LockSaga(lfirst(lc));
+/* The due local step of the saga being worked on (ForOneSaga passes only the id). */
+static int	due_position;
+static char *due_direction;
 
-		if (saga)
-			CancelSaga(saga, "deadline exceeded", APICORE_ACTOR);
-	}
-	return TaskResult(psprintf("%d sagas past their deadline cancelled", list_length(ids)));
+static int
+RunDueLocalStep(pg_uuid_t *id)
+{
+	SagaRow    *saga = LockSaga(id);
+
+	if (saga == NULL)
+		return 0;
+	ClaimAndRunLocal(saga, due_position, due_direction);
+	return 1;
 }
 
 Datum
 apicore_saga_run_local_steps(PG_FUNCTION_ARGS)
 {
 	Datum		values[1] = {Int32GetDatum(saga_maintenance_batch)};
+	ApicoreIdentity id;
 	SPITupleTable *due;
 	uint64		ndue;
+	int			failed = 0;
+	int			ran = 0;
 
+	(void) SagaEnter(&id);
 	SPI_connect();
 	/* saga row first, as everywhere: the step is claimed under its lock */
 	SagaExec(PLAN_DUE_LOCAL_STEPS, values, NULL, false, 0);
@@ -2707,19 +3196,22 @@ apicore_saga_run_local_steps(PG_FUNCTION_ARGS)
 	ndue = SPI_processed;
 	for (uint64 i = 0; i < ndue; i++)
 	{
-		SagaRow    *saga;
-		int			position;
-		char	   *direction;
+		pg_uuid_t	saga;
 
 		SPI_tuptable = due;		/* running a step replaced it */
-		position = DatumGetInt32(ResultValue((int) i, 2, NULL));
-		direction = ResultText((int) i, 3);
-		saga = LockSaga(DatumGetUUIDP(ResultValue((int) i, 1, NULL)));
-		if (saga)
-			ClaimAndRunLocal(saga, position, direction);
+		saga = *DatumGetUUIDP(ResultValue((int) i, 1, NULL));
+		due_position = DatumGetInt32(ResultValue((int) i, 2, NULL));
+		due_direction = ResultText((int) i, 3);
+		ran += ForOneSaga(&saga, RunDueLocalStep, &failed);
 	}
-	return TaskResult(psprintf("%d local steps run", (int) ndue));
+	return TaskResult(&id, psprintf("%d local steps run", ran), failed);
 }
+
+/*
+ * Set only while retention deletes the log rows of the sagas it removed:
+ * the one DELETE the append-only trigger lets through.
+ */
+static bool saga_retention_deleting = false;
 
 Datum
 apicore_saga_retention(PG_FUNCTION_ARGS)
@@ -2727,7 +3219,9 @@ apicore_saga_retention(PG_FUNCTION_ARGS)
 	Datum		values[2] = {Int32GetDatum(saga_retention_s), Int32GetDatum(saga_maintenance_batch)};
 	int			deleted;
 	bool		isnull;
+	ApicoreIdentity id;
 
+	(void) SagaEnter(&id);
 	SPI_connect();
 	SagaExec(PLAN_RETENTION_SAGAS, values, NULL, false, 1);
 	deleted = DatumGetInt32(ResultValue(0, 1, NULL));
@@ -2735,9 +3229,45 @@ apicore_saga_retention(PG_FUNCTION_ARGS)
 	{
 		Datum		ids[1] = {ResultValue(0, 2, &isnull)};
 
-		SagaExec(PLAN_RETENTION_LOG, ids, NULL, false, 0);
+		saga_retention_deleting = true;
+		PG_TRY();
+		{
+			SagaExec(PLAN_RETENTION_LOG, ids, NULL, false, 0);
+		}
+		PG_FINALLY();
+		{
+			saga_retention_deleting = false;
+		}
+		PG_END_TRY();
 	}
-	return TaskResult(psprintf("%d finished sagas deleted", deleted));
+	return TaskResult(&id, psprintf("%d finished sagas deleted", deleted), 0);
+}
+
+/*
+ * The audit log is append-only for every role, its owner included: UPDATE
+ * and TRUNCATE are always refused, DELETE unless it is apicore's retention
+ * removing the rows of the sagas it deleted.
+ */
+Datum
+apicore_saga_transition_append_only(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigger = (TriggerData *) fcinfo->context;
+	const char *op;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("apicore: _saga_transition_append_only() is a trigger function"),
+				 errhint("It guards apicore.saga_transition; do not call it.")));
+	if (TRIGGER_FIRED_BY_DELETE(trigger->tg_event) && saga_retention_deleting)
+		return PointerGetDatum(trigger->tg_trigtuple);
+	op = TRIGGER_FIRED_BY_UPDATE(trigger->tg_event) ? "UPDATE" :
+		TRIGGER_FIRED_BY_DELETE(trigger->tg_event) ? "DELETE" : "TRUNCATE";
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("apicore.saga_log is append-only: %s is not allowed", op),
+			 errhint("Audit rows leave only with their saga, through apicore.saga_retention.")));
+	PG_RETURN_NULL();
 }
 
 /* ---------- settings ---------- */

@@ -2,12 +2,14 @@
 -- append-only transition log, the views and the functions (all in C, saga.c).
 
 -- A definition is immutable once written: saga_define adds a new version,
--- and a running saga keeps the version it started with.
+-- and a running saga keeps the version it started with.  Its local steps
+-- run as definer, the role that called saga_define.
 CREATE TABLE apicore.saga_definition (
     name       text NOT NULL,
     version    int NOT NULL,
     steps      jsonb NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
+    definer    regrole NOT NULL,
     PRIMARY KEY (name, version)
 );
 COMMENT ON TABLE apicore.saga_definition IS
@@ -95,8 +97,9 @@ CREATE INDEX saga_step_local_due ON apicore.saga_step (run_after) WHERE state = 
 CREATE INDEX saga_step_leased ON apicore.saga_step (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 
 -- The audit trail.  Rows are only ever inserted; the trigger below refuses
--- UPDATE and TRUNCATE, and DELETE of a row whose saga still exists (the
--- retention task removes a deleted saga's rows with it).
+-- UPDATE, DELETE and TRUNCATE to every role, the table's owner included,
+-- except the DELETE of apicore's retention task, which removes a deleted
+-- saga's rows with it.
 CREATE TABLE apicore.saga_transition (
     id         bigint GENERATED ALWAYS AS IDENTITY,  -- order of the log; the index below serves it
     saga       uuid NOT NULL,
@@ -125,20 +128,13 @@ CREATE TABLE apicore.saga_transition (
 CREATE INDEX saga_transition_saga ON apicore.saga_transition (saga, id);
 
 CREATE FUNCTION apicore._saga_transition_append_only() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' AND NOT EXISTS (SELECT 1 FROM apicore.saga WHERE id = OLD.saga) THEN
-        RETURN OLD;
-    END IF;
-    RAISE EXCEPTION 'apicore.saga_log is append-only: % is not allowed', TG_OP
-        USING ERRCODE = '42501',
-              HINT = 'Audit rows leave only with their saga, through apicore.saga_retention.';
-END $$;
+    LANGUAGE c AS 'MODULE_PATHNAME', 'apicore_saga_transition_append_only';
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON apicore.saga_transition
     FOR EACH ROW EXECUTE FUNCTION apicore._saga_transition_append_only();
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON apicore.saga_transition
     FOR EACH STATEMENT EXECUTE FUNCTION apicore._saga_transition_append_only();
 REVOKE UPDATE, DELETE, TRUNCATE ON apicore.saga_transition FROM PUBLIC;
+REVOKE ALL ON SEQUENCE apicore.saga_transition_id_seq FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('apicore.saga_definition', '');
 SELECT pg_catalog.pg_extension_config_dump('apicore.saga_definition_step', '');
@@ -244,9 +240,15 @@ INSERT INTO apicore.maintenance_task VALUES
     ('saga_run_local_steps', 'apicore._saga_run_local_steps', 42),
     ('saga_retention', 'apicore._saga_retention', 43);
 
--- Roles to grant instead of table privileges.  Saga functions run with the
--- caller's rights (a local step's function runs as the session that makes it
--- runnable), so the caller needs these; the roles bundle them.
+-- ---------- privileges ----------
+-- apicore's saga tables are written only through the functions above, which
+-- do their work as apicore's owner: no other role holds INSERT, UPDATE,
+-- DELETE or TRUNCATE on them.  Who may call what is EXECUTE on the
+-- functions, bundled in two roles (as a Temporal client/worker and its
+-- operator, or a pg-boss application and its admin):
+--   apicore_saga_worker: start, claim, heartbeat, report, cancel, get, read
+--   apicore_saga_admin:  also define, retry, resolve, run the saga maintenance tasks
+-- PUBLIC may call none of them.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'apicore_saga_worker') THEN
@@ -257,12 +259,32 @@ BEGIN
     END IF;
 END
 $$;
--- start, claim, heartbeat, report, cancel, and read the views
-GRANT SELECT, INSERT, UPDATE ON apicore.saga, apicore.saga_step TO apicore_saga_worker;
-GRANT SELECT ON apicore.saga_definition, apicore.saga_definition_step TO apicore_saga_worker;
-GRANT SELECT, INSERT ON apicore.saga_transition TO apicore_saga_worker;
+REVOKE ALL ON FUNCTION apicore.saga_define(text, jsonb),
+    apicore.saga_start(text, jsonb, uuid, interval),
+    apicore.saga_claim(text, text[], int),
+    apicore.saga_step_succeeded(uuid, text, int, jsonb),
+    apicore.saga_step_failed(uuid, text, int, text, bool),
+    apicore.saga_heartbeat(uuid, text, int),
+    apicore.saga_cancel(uuid, text),
+    apicore.saga_retry(uuid, text, text),
+    apicore.saga_resolve(uuid, text, text, text),
+    apicore.saga_get(uuid),
+    apicore._saga_reclaim_leases(), apicore._saga_fire_deadlines(),
+    apicore._saga_run_local_steps(), apicore._saga_retention(),
+    apicore._saga_transition_append_only() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.saga_start(text, jsonb, uuid, interval),
+    apicore.saga_claim(text, text[], int),
+    apicore.saga_step_succeeded(uuid, text, int, jsonb),
+    apicore.saga_step_failed(uuid, text, int, text, bool),
+    apicore.saga_heartbeat(uuid, text, int),
+    apicore.saga_cancel(uuid, text),
+    apicore.saga_get(uuid) TO apicore_saga_worker;
+GRANT SELECT ON apicore.saga, apicore.saga_step, apicore.saga_definition,
+    apicore.saga_definition_step, apicore.saga_transition TO apicore_saga_worker;
 GRANT SELECT ON apicore.sagas, apicore.saga_dead_letter, apicore.saga_log TO apicore_saga_worker;
-GRANT USAGE ON SEQUENCE apicore.saga_transition_id_seq TO apicore_saga_worker;
--- and also define sagas, retry and resolve (operators, deploy scripts)
 GRANT apicore_saga_worker TO apicore_saga_admin;
-GRANT INSERT ON apicore.saga_definition, apicore.saga_definition_step TO apicore_saga_admin;
+GRANT EXECUTE ON FUNCTION apicore.saga_define(text, jsonb),
+    apicore.saga_retry(uuid, text, text),
+    apicore.saga_resolve(uuid, text, text, text),
+    apicore._saga_reclaim_leases(), apicore._saga_fire_deadlines(),
+    apicore._saga_run_local_steps(), apicore._saga_retention() TO apicore_saga_admin;

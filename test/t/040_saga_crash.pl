@@ -17,9 +17,9 @@ $node->safe_psql('postgres', q{
 CREATE EXTENSION apicore;
 CREATE TABLE effects (saga uuid PRIMARY KEY);
 CREATE FUNCTION do_b(payload jsonb) RETURNS jsonb LANGUAGE sql
-  AS $$ INSERT INTO effects VALUES ((payload->>'id')::uuid) RETURNING jsonb_build_object('b', saga) $$;
+  AS $$ INSERT INTO public.effects VALUES ((payload->>'id')::uuid) RETURNING jsonb_build_object('b', saga) $$;
 CREATE FUNCTION undo_b(payload jsonb) RETURNS jsonb LANGUAGE sql
-  AS $$ DELETE FROM effects WHERE saga = (payload->>'id')::uuid RETURNING jsonb_build_object('unb', saga) $$;
+  AS $$ DELETE FROM public.effects WHERE saga = (payload->>'id')::uuid RETURNING jsonb_build_object('unb', saga) $$;
 SELECT apicore.saga_define('crash', '[
   {"name": "a", "compensate": "undo_a", "timeout": "2 seconds", "max_attempts": 5,
    "backoff": "100 milliseconds", "max_backoff": "200 milliseconds"},

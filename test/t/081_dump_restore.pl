@@ -42,7 +42,7 @@ SELECT apicore.rate_limit_policy_set('observe', 1, '1 hour', mode => 'shadow');
 -- last step of checkout is local: apicore runs record_order itself
 CREATE TABLE recorded (n text PRIMARY KEY);
 CREATE FUNCTION record_order(payload jsonb) RETURNS jsonb LANGUAGE sql
-    AS $$ INSERT INTO recorded VALUES (payload->>'n') RETURNING jsonb_build_object('recorded', n) $$;
+    AS $$ INSERT INTO public.recorded VALUES (payload->>'n') RETURNING jsonb_build_object('recorded', n) $$;
 SELECT apicore.saga_define('checkout', '[{"name": "reserve", "compensate": "release"},
                                          {"name": "charge", "compensate": "refund"},
                                          {"name": "record", "function": "record_order"}]');
