@@ -18,6 +18,8 @@
 #include "fmgr.h"
 #include "utils/hsearch.h"
 
+#include "compat.h"
+
 #ifndef APICORE_VERSION
 #define APICORE_VERSION "unknown"
 #endif

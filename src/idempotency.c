@@ -754,7 +754,7 @@ ScanPartition(Oid partition, text *scope, text *key, TimestampTz now,
 	keys[0].sk_collation = index->rd_indcollation[0];
 	keys[1].sk_collation = index->rd_indcollation[1];
 
-	scan = index_beginscan(heap, index, snapshot, 2, 0);
+	scan = ApicoreIndexBeginscan(heap, index, snapshot, 2, 0);
 	index_rescan(scan, keys, 2, NULL, 0);
 	while (!found && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{

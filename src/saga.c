@@ -105,16 +105,16 @@ static bool saga_notify = true;
  */
 #define SAGA_CHANNEL "apicore_saga"
 
-static Oid *saga_listeners = NULL;	/* [MaxBackends + 1], by BackendId */
+static Oid *saga_listeners = NULL;	/* [MaxBackends + 1], by ApicoreMyBackend */
 static bool saga_unlisten_at_commit = false;
 static ProcessUtility_hook_type prev_process_utility = NULL;
 
 static void
 SetListening(bool listening)
 {
-	if (saga_listeners && MyBackendId != InvalidBackendId && MyBackendId <= MaxBackends)
+	if (saga_listeners && ApicoreMyBackend != ApicoreInvalidBackend && ApicoreMyBackend <= MaxBackends)
 	{
-		saga_listeners[MyBackendId] = listening ? MyDatabaseId : InvalidOid;
+		saga_listeners[ApicoreMyBackend] = listening ? MyDatabaseId : InvalidOid;
 		pg_memory_barrier();
 	}
 }
@@ -990,7 +990,7 @@ LocalFunctionProblem(Oid fn, Oid definer, int *nargs, int *sqlstate)
 		(proc->pronargs == 2 && proc->proargtypes.values[1] != JSONBOID))
 		problem = psprintf("%s is not a function of (jsonb) or (jsonb, jsonb) returning one jsonb value",
 						   format_procedure(fn));
-	else if (pg_proc_aclcheck(fn, definer, ACL_EXECUTE) != ACLCHECK_OK)
+	else if (ApicoreProcAclcheck(fn, definer, ACL_EXECUTE) != ACLCHECK_OK)
 	{
 		*sqlstate = ERRCODE_INSUFFICIENT_PRIVILEGE;
 		problem = psprintf("role %s, which defined the saga, may not execute %s",
@@ -1309,7 +1309,7 @@ SagaStepFailed(SagaRow *saga, StepRun *run, const char *error, bool retryable, c
 
 /* ---------- reports from workers: compare-and-set on (saga, step, attempt) ---------- */
 
-static void ReportNotClaimed(SagaRow *saga, const char *step, int attempt) pg_attribute_noreturn();
+pg_noreturn static void ReportNotClaimed(SagaRow *saga, const char *step, int attempt);
 
 static void
 ReportNotClaimed(SagaRow *saga, const char *step, int attempt)
@@ -1641,11 +1641,7 @@ BeginDirectWrite(Relation *rels, int n, ResultRelInfo **rris, Snapshot snapshot)
 		rte->rellockmode = RowExclusiveLock;
 		range_table = lappend(range_table, rte);
 	}
-#if PG_VERSION_NUM >= 160000
-	ExecInitRangeTable(estate, range_table, NIL);	/* 16 moved permissions out */
-#else
-	ExecInitRangeTable(estate, range_table);
-#endif
+	ApicoreInitRangeTable(estate, range_table);
 	for (int i = 0; i < n; i++)
 	{
 		rris[i] = makeNode(ResultRelInfo);
@@ -1711,7 +1707,7 @@ static IndexScanDesc
 BeginKeyScan(Relation rel, Relation index, Snapshot snapshot, int nkeys, const Oid *procs,
 			 const Datum *values, ScanKeyData *keys)
 {
-	IndexScanDesc scan = index_beginscan(rel, index, snapshot, nkeys, 0);
+	IndexScanDesc scan = ApicoreIndexBeginscan(rel, index, snapshot, nkeys, 0);
 
 	for (int k = 0; k < nkeys; k++)
 	{
@@ -1811,7 +1807,7 @@ LockOldestClaimable(Relation step, Snapshot snapshot, ArrayType *filter, Timesta
 	ClaimScope	scope = {.from = from, .now = GetCurrentTransactionStartTimestamp(), .ndefinitions = -1};
 	Relation	index = index_open(direct.step_runnable, RowExclusiveLock);
 	ScanKeyData keys[2];
-	IndexScanDesc scan = index_beginscan(step, index, snapshot, 2, 0);
+	IndexScanDesc scan = ApicoreIndexBeginscan(step, index, snapshot, 2, 0);
 	bool		locked = false;
 
 	if (filter != NULL)
@@ -2341,8 +2337,8 @@ typedef struct StepDef
 	Interval   *max_backoff;
 } StepDef;
 
-static void StepError(int index, const char *field, const char *problem,
-					  const char *hint) pg_attribute_noreturn();
+pg_noreturn static void StepError(int index, const char *field, const char *problem,
+								  const char *hint);
 
 static void
 StepError(int index, const char *field, const char *problem, const char *hint)
@@ -2442,7 +2438,7 @@ StepFunction(JsonbContainer *step, int index, const char *field, Oid definer)
 
 	if (name == NULL)
 		return InvalidOid;
-	qualified = stringToQualifiedNameList(name);
+	qualified = ApicoreQualifiedNameList(name);
 	fn = LookupFuncName(qualified, 2, args, true);
 	if (!OidIsValid(fn))
 		fn = LookupFuncName(qualified, 1, args, true);

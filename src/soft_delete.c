@@ -90,12 +90,6 @@
 	"AND c.confdeltype OPERATOR(pg_catalog.=) 'c'::pg_catalog.\"char\" " \
 	"AND c.conrelid OPERATOR(pg_catalog.<>) $1 "
 
-#if PG_VERSION_NUM >= 160000
-#define OwnsRelation(relid, role) object_ownercheck(RelationRelationId, relid, role)
-#else
-#define OwnsRelation(relid, role) pg_class_ownercheck(relid, role)
-#endif
-
 /* Settings */
 static bool allow_truncate = false;
 static int	soft_delete_batch_size = 1000;
@@ -257,7 +251,7 @@ ConvertDeleteToMark(Query *query)
 	/* the hiding policy already says so, unless RLS does not apply (BYPASSRLS) */
 	if (!list_member(rte->securityQuals, still_live))
 		query->jointree->quals = make_and_qual(query->jointree->quals, (Node *) still_live);
-	rte->updatedCols = bms_make_singleton(attnum - FirstLowInvalidHeapAttributeNumber);
+	ApicoreSetUpdatedCols(query, rte, bms_make_singleton(attnum - FirstLowInvalidHeapAttributeNumber));
 	return true;
 }
 
@@ -523,7 +517,7 @@ OpenTarget(Oid relid, LOCKMODE lockmode)
 static void
 RequireOwner(SoftDeleteTable *t)
 {
-	if (!OwnsRelation(t->relid, GetUserId()))
+	if (!ApicoreRelationOwnercheck(t->relid, GetUserId()))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("apicore: tbl: must be owner of table \"%s\"", t->relname),
@@ -536,7 +530,7 @@ RequireAdmin(SoftDeleteTable *t)
 {
 	Oid			admin = get_role_oid(ADMIN_ROLE, true);
 
-	if (OwnsRelation(t->relid, GetUserId()))
+	if (ApicoreRelationOwnercheck(t->relid, GetUserId()))
 		return;
 	if (OidIsValid(admin) && has_privs_of_role(GetUserId(), admin))
 		return;
@@ -560,7 +554,7 @@ static PrimaryKey
 PrimaryKeyOf(SoftDeleteTable *t)
 {
 	Relation	rel = table_open(t->relid, NoLock);
-	Oid			pkindex = RelationGetPrimaryKeyIndex(rel);
+	Oid			pkindex = ApicorePrimaryKeyIndex(rel);
 	PrimaryKey	pk;
 	HeapTuple	tuple;
 	Form_pg_index index;
@@ -1255,11 +1249,7 @@ RefuseStoredDdl(SoftDeleteTable *t, const char *what, const char *value)
 static char *
 ConvertedIndex(SoftDeleteTable *t, const char *name)
 {
-#if PG_VERSION_NUM >= 160000
-	List	   *names = name ? stringToQualifiedNameList(name, NULL) : NIL;
-#else
-	List	   *names = name ? stringToQualifiedNameList(name) : NIL;
-#endif
+	List	   *names = name ? ApicoreQualifiedNameList(name) : NIL;
 	Oid			index = list_length(names) == 2 ?
 		RangeVarGetRelid(makeRangeVarFromNameList(names), NoLock, true) : InvalidOid;
 
