@@ -386,7 +386,6 @@ ClaimWorkerSlot(const char *dbname)
 		strlcpy(slot->dbname, dbname, NAMEDATALEN);
 		slot->pid = MyProcPid;
 		slot->started_at = GetCurrentTimestamp();
-		slot->last_error[0] = '\0';
 	}
 	SpinLockRelease(&worker_shared->mutex);
 	return slot;
@@ -401,8 +400,8 @@ RecordRound(WorkerSlot *slot, int failed, const char *error)
 	slot->rounds++;
 	slot->tasks_failed += failed;
 	slot->last_round_at = GetCurrentTimestamp();
-	if (error)
-		strlcpy(slot->last_error, error, ERROR_TEXT_LEN);
+	/* the last finished round's error: a round under way never blanks it */
+	strlcpy(slot->last_error, error ? error : "", ERROR_TEXT_LEN);
 	SpinLockRelease(&worker_shared->mutex);
 }
 
