@@ -72,3 +72,5 @@ REVOKE ALL ON FUNCTION apicore._rate_limit_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION apicore._rate_limit_stats() TO pg_monitor, apicore_rate_limit_admin;
 GRANT SELECT ON apicore.rate_limit_stats TO pg_monitor, apicore_rate_limit_admin;
 REVOKE ALL ON FUNCTION apicore._rate_limit_maintain() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apicore.rate_limit_reset(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.rate_limit_reset(text, text) TO apicore_rate_limit_admin;

@@ -61,8 +61,11 @@ SET apicore.rate_limit_test_clock = 2000.333334;
 SELECT allowed, remaining FROM apicore.rate_limit('third', 3, '1 second');
 -- a new key peeked is not stored
 SELECT * FROM apicore.rate_limit('never-charged', 10, '1 minute', cost => 0);
+-- (rate_limit_reset is the admin's, or granted to the application)
+:admin
 SELECT apicore.rate_limit_reset('never-charged') AS had_state;
 SELECT apicore.rate_limit_reset('third') AS had_state, apicore.rate_limit_reset('third') AS again;
+:app
 SELECT remaining FROM apicore.rate_limit('third', 3, '1 second');
 
 -- fixed window: 3 per aligned 10 s window
@@ -149,9 +152,13 @@ SELECT remaining FROM apicore.rate_limit_check('per_second', 'k', 0);
 -- a shadow policy in the set never blocks the call
 SELECT allowed FROM apicore.rate_limit_check(ARRAY['per_second', 'trial'], ARRAY['other', 'acme']);
 -- reset one policy's key, or a key everywhere
+:admin
 SELECT apicore.rate_limit_reset('k', 'per_minute');
+:app
 SELECT remaining FROM apicore.rate_limit_check('per_minute', 'k', 0);
+:admin
 SELECT apicore.rate_limit_reset('k') AS reset_everywhere;
+:app
 SELECT remaining FROM apicore.rate_limit_check('per_second', 'k', 0);
 
 -- headers as draft-ietf-httpapi-ratelimit-headers-09 spells them

@@ -98,6 +98,9 @@ CREATE FUNCTION apicore.rate_limit_reset(key text, policy text DEFAULT NULL) RET
     AS 'MODULE_PATHNAME', 'apicore_rate_limit_reset';
 COMMENT ON FUNCTION apicore.rate_limit_reset(text, text) IS
     'forget key (ad hoc and under every policy, or under one policy); true if it had state';
+-- lifting someone's limit is the admin's; GRANT EXECUTE to an application that needs it
+REVOKE ALL ON FUNCTION apicore.rate_limit_reset(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.rate_limit_reset(text, text) TO apicore_rate_limit_admin;
 
 -- IETF draft-ietf-httpapi-ratelimit-headers-09 fields, ready to send.  In C:
 -- it reads the policy from the backend's cache (no privileges needed) and
