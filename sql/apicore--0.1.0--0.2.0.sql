@@ -326,3 +326,35 @@ GRANT EXECUTE ON FUNCTION apicore.saga_define(text, jsonb),
     apicore.saga_resolve(uuid, text, text, text),
     apicore._saga_reclaim_leases(), apicore._saga_fire_deadlines(),
     apicore._saga_run_local_steps(), apicore._saga_retention() TO apicore_saga_admin;
+-- ---------- rate limits: least privilege (issue 13) ----------
+-- Policies are read by C with the table API (no privileges needed), written
+-- only by rate_limit_policy_set/_drop as apicore's owner, for members of
+-- apicore_rate_limit_admin; stats for pg_monitor; headers in C, checked.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'apicore_rate_limit_admin') THEN
+        CREATE ROLE apicore_rate_limit_admin NOLOGIN;
+    END IF;
+END
+$$;
+REVOKE ALL ON apicore.rate_limit_policy FROM PUBLIC;
+GRANT SELECT ON apicore.rate_limit_policy TO apicore_rate_limit_admin, pg_monitor;
+REVOKE ALL ON FUNCTION apicore._rate_limit_policy_changed() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION apicore.rate_limit_policy_drop(name text) RETURNS bool
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_policy_drop';
+REVOKE ALL ON FUNCTION apicore.rate_limit_policy_set(text, int, interval, int, text, text),
+                       apicore.rate_limit_policy_drop(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.rate_limit_policy_set(text, int, interval, int, text, text),
+                          apicore.rate_limit_policy_drop(text) TO apicore_rate_limit_admin;
+CREATE OR REPLACE FUNCTION apicore.rate_limit_headers(r apicore.rate_limit_result, policy text DEFAULT NULL,
+                                                      period interval DEFAULT NULL)
+    RETURNS jsonb
+    LANGUAGE c STABLE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_headers';
+REVOKE ALL ON FUNCTION apicore._rate_limit_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore._rate_limit_stats() TO pg_monitor, apicore_rate_limit_admin;
+GRANT SELECT ON apicore.rate_limit_stats TO pg_monitor, apicore_rate_limit_admin;
+REVOKE ALL ON FUNCTION apicore._rate_limit_maintain() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apicore.rate_limit_reset(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.rate_limit_reset(text, text) TO apicore_rate_limit_admin;

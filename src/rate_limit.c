@@ -14,9 +14,26 @@
  * takes one partition lock and nothing else; no SPI, no table, no WAL.
  *
  * Keys are identified by a 128-bit keyed SipHash (libsodium
- * crypto_shorthash_siphashx24) of (namespace, key).  The hash key is random
- * per cluster and saved with the state, so distinct keys never share state
- * and clients cannot aim collisions at one partition.
+ * crypto_shorthash_siphashx24) of (namespace, policy, parameters, key).  The
+ * hash key is random per cluster and saved with the state, so distinct keys
+ * never share state and clients cannot aim collisions at one partition.  An
+ * ad hoc limit's parameters are part of its identity: a caller who passes a
+ * stricter limit for someone else's key gets a bucket of its own instead of
+ * changing theirs.  A 64-bit keyed hash of the bare key (the "group") is
+ * kept beside it so that rate_limit_reset(key) finds every variant.
+ *
+ * Policies are read from apicore.rate_limit_policy with the heap API, not
+ * SQL, so any role with EXECUTE can use them without privileges on the table
+ * and no name is resolved; the per-backend cache is dropped by a relcache
+ * callback, fired by the table's statement trigger (CacheInvalidateRelcache)
+ * here at once and in other backends, and on hot standbys, at commit.  They
+ * are written only by rate_limit_policy_set/_drop, as apicore's owner
+ * (ApicoreBecome) with qualified SQL.
+ *
+ * Every period is bounded by apicore.rate_limit_max_period, so every key
+ * comes to rest (and can be reclaimed) within that time of its last use.
+ * Concurrency tokens are random 63-bit numbers bound to the role that took
+ * the lease.
  */
 #include "postgres.h"
 
@@ -25,11 +42,14 @@
 #include <unistd.h>
 
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
-#include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -43,7 +63,13 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "apicore.h"
@@ -53,10 +79,10 @@
 #define RL_MAX_STATS		256 /* policies with their own counters */
 #define RL_MAX_LIMITS		32	/* limits in one all-or-nothing check */
 #define RL_FILE				"pg_stat/apicore_rate_limit.stat"
-#define RL_FILE_MAGIC		0x41434c31	/* "ACL1" */
+#define RL_FILE_MAGIC		0x41434c32	/* "ACL2": keys with a group hash */
 #define RL_NONE				(-1)
-#define RL_MAX_PERIOD		(INT64CONST(3660) * USECS_PER_DAY)	/* 10 years */
-#define RL_MAX_TOLERANCE_NS (INT64CONST(36600) * USECS_PER_DAY * 1000)	/* 100 years */
+#define RL_MAX_PERIOD_S		(3660 * 86400)	/* 10 years: GCRA's ns stay in int64 */
+#define RL_MAX_HEADER_NAME	255 /* bytes of a policy name in a header */
 #define RL_FULL_RETRY		USECS_PER_SEC	/* Retry-After when the table is full */
 #define RL_LEASES_FULL		(-1)	/* no lease slot free (tokens are > 0) */
 
@@ -64,6 +90,7 @@
 #define RL_NS_ADHOC			'a'
 #define RL_NS_POLICY		'p'
 #define RL_NS_CONCURRENCY	'c'
+#define RL_NS_GROUP			'g'	/* the bare key, for rate_limit_reset(key) */
 
 typedef enum RlKind
 {
@@ -82,7 +109,8 @@ typedef enum RlWhenFull
 
 typedef struct RlKey
 {
-	uint64		h[2];
+	uint64		h[2];			/* identity: keyed hash of everything */
+	uint64		group;			/* keyed hash of (database, key) alone */
 } RlKey;
 
 /* A limiter's state; what the fields hold depends on kind. */
@@ -114,6 +142,7 @@ typedef struct RlSlot
 	int64		expires_at;		/* us */
 	int32		next;
 	int32		pid;
+	Oid			holder;			/* the role that took it: only it may release it */
 } RlSlot;
 
 typedef struct RlStat
@@ -141,8 +170,6 @@ typedef struct RlShared
 	RlFreeList	slot_pool;
 	pg_atomic_uint64 evictions;
 	pg_atomic_uint64 full_events;
-	pg_atomic_uint64 next_token;
-	pg_atomic_uint64 policy_generation;
 	slock_t		stats_lock;		/* nstats and stats[].name */
 	int32		nstats;
 	RlStat		stats[RL_MAX_STATS];
@@ -180,10 +207,22 @@ typedef struct RlCall
 	RlResult	result;
 } RlCall;
 
-/* A policy as cached by this backend. */
+/*
+ * A policy as cached by this backend: the stored row as read, checked on
+ * first use (a row tampered with past the table's constraints fails then,
+ * alone, with a clean error).
+ */
 typedef struct RlPolicy
 {
 	char		name[NAMEDATALEN];	/* hash key */
+	bool		checked;		/* row validated, params/shadow/stat set */
+	bool		has_null;		/* a NOT NULL column is NULL */
+	int32		limit;
+	Interval	period;
+	bool		burst_given;
+	int32		burst;
+	char	   *algorithm;
+	char	   *mode;
 	RlParams	params;
 	bool		shadow;
 	RlStat	   *stat;
@@ -198,6 +237,7 @@ typedef struct RlHeldLease
 
 /* Settings */
 static int	rl_max_keys = 100000;
+static int	rl_max_period = 86400;	/* seconds */
 static int	rl_when_full = RL_FULL_ALLOW;
 static double rl_test_clock = 0;
 
@@ -217,10 +257,10 @@ static RlSlot *rl_slots = NULL;
 /* Backend-local state */
 static HTAB *policy_cache = NULL;
 static MemoryContext policy_cache_cxt = NULL;
-static uint64 policy_cache_generation = 0;
-static TimestampTz policy_cache_loaded_at = 0;
-static bool policy_changed_in_xact = false;
-static bool policy_xact_callback_registered = false;
+static bool policy_cache_valid = false;
+static uint64 policy_invalidations = 0;
+static Oid	policy_relid = InvalidOid;
+static bool policy_callback_registered = false;
 static List *held_leases = NIL;
 static bool lease_exit_callback_registered = false;
 
@@ -229,6 +269,8 @@ PG_FUNCTION_INFO_V1(apicore_rate_limit_check);
 PG_FUNCTION_INFO_V1(apicore_rate_limit_check_many);
 PG_FUNCTION_INFO_V1(apicore_rate_limit_reset);
 PG_FUNCTION_INFO_V1(apicore_rate_limit_policy_set);
+PG_FUNCTION_INFO_V1(apicore_rate_limit_policy_drop);
+PG_FUNCTION_INFO_V1(apicore_rate_limit_headers);
 PG_FUNCTION_INFO_V1(apicore_rate_limit_policy_changed);
 PG_FUNCTION_INFO_V1(apicore_concurrency_acquire);
 PG_FUNCTION_INFO_V1(apicore_concurrency_release);
@@ -236,6 +278,13 @@ PG_FUNCTION_INFO_V1(apicore_rate_limit_stats);
 PG_FUNCTION_INFO_V1(apicore_rate_limit_maintain);
 
 /* ---------- settings and shared memory ---------- */
+
+/* A new bound applies to cached policies too: check them again. */
+static void
+RlMaxPeriodAssign(int newval, void *extra)
+{
+	policy_cache_valid = false;
+}
 
 void
 RateLimitInit(void)
@@ -250,6 +299,10 @@ RateLimitInit(void)
 							 "What a new rate-limit key gets when the table is full of busy keys: allow (fail open) or deny (fail closed).",
 							 NULL, &rl_when_full, RL_FULL_ALLOW, when_full_options,
 							 PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("apicore.rate_limit_max_period",
+							"Longest period, lease or GCRA refill time a rate limit may use; every key comes to rest within it.",
+							NULL, &rl_max_period, 86400, 1, RL_MAX_PERIOD_S,
+							PGC_SUSET, GUC_UNIT_S, NULL, RlMaxPeriodAssign, NULL);
 	DefineCustomRealVariable("apicore.rate_limit_test_clock",
 							 "For tests only: the rate limiter's clock in seconds since 1970-01-01 UTC; 0 uses the server's clock.",
 							 NULL, &rl_test_clock, 0, 0, 5e9,	/* year 2128: GCRA's ns stay in int64 */
@@ -313,8 +366,6 @@ RlInitShared(void)
 	SpinLockInit(&rl->stats_lock);
 	pg_atomic_init_u64(&rl->evictions, 0);
 	pg_atomic_init_u64(&rl->full_events, 0);
-	pg_atomic_init_u64(&rl->next_token, 1);
-	pg_atomic_init_u64(&rl->policy_generation, 1);
 	for (int i = 0; i < RL_MAX_STATS; i++)
 	{
 		pg_atomic_init_u64(&rl->stats[i].allowed, 0);
@@ -371,29 +422,57 @@ RlNow(void)
 	return GetCurrentTimestamp();
 }
 
+/* What an ad hoc limit's parameters add to its identity (fixed size). */
+typedef struct RlParamsId
+{
+	int32		limit;
+	int32		burst;
+	int64		period;
+} RlParamsId;
+
+/*
+ * Hash (namespace, prefix, params, key) into out->h and (key) into
+ * out->group.  Database first: each database has its own limits (policies
+ * are per database too); a text prefix holds no NUL and the params block has
+ * a fixed size given by the namespace, so the encoding is unambiguous.
+ */
 static void
-RlHashKey(char ns, const char *prefix, const text *key, RlKey *out)
+RlHashKey(char ns, const char *prefix, const RlParams *params, const text *key, RlKey *out)
 {
 	size_t		prefix_len = prefix ? strlen(prefix) : 0;
 	size_t		key_len = VARSIZE_ANY_EXHDR(key);
-	size_t		len = sizeof(Oid) + 2 + prefix_len + key_len;
+	size_t		len = sizeof(Oid) + 2 + prefix_len + sizeof(RlParamsId) + key_len;
 	unsigned char stackbuf[256];
 	unsigned char *buf = len <= sizeof(stackbuf) ? stackbuf : palloc(len);
 	unsigned char *p = buf;
 
-	/*
-	 * database, namespace tag, prefix, NUL, key: each database has its own
-	 * limits (policies are per database too), and a text prefix holds no
-	 * NUL, so the encoding is unambiguous
-	 */
 	memcpy(p, &MyDatabaseId, sizeof(Oid));
 	p += sizeof(Oid);
 	*p++ = (unsigned char) ns;
 	if (prefix_len)
 		memcpy(p, prefix, prefix_len);
-	p[prefix_len] = '\0';
-	memcpy(p + prefix_len + 1, VARDATA_ANY(key), key_len);
-	crypto_shorthash_siphashx24((unsigned char *) out->h, buf, len, rl->hash_key);
+	p += prefix_len;
+	*p++ = '\0';
+	if (params)
+	{
+		RlParamsId	id;
+
+		memset(&id, 0, sizeof(id));
+		id.limit = params->limit;
+		id.burst = params->burst;
+		id.period = params->period;
+		memcpy(p, &id, sizeof(id));
+		p += sizeof(id);
+	}
+	memcpy(p, VARDATA_ANY(key), key_len);
+	p += key_len;
+	crypto_shorthash_siphashx24((unsigned char *) out->h, buf, p - buf, rl->hash_key);
+
+	/* the group: database, 'g', key */
+	buf[sizeof(Oid)] = RL_NS_GROUP;
+	memcpy(buf + sizeof(Oid) + 1, VARDATA_ANY(key), key_len);
+	crypto_shorthash_siphash24((unsigned char *) &out->group, buf, sizeof(Oid) + 1 + key_len,
+							   rl->hash_key);
 	if (buf != stackbuf)
 		pfree(buf);
 }
@@ -420,7 +499,35 @@ RlKeyArg(FunctionCallInfo fcinfo, int argno)
 	return key;
 }
 
-/* A duration argument in microseconds: more than zero, at most 10 years. */
+/* apicore.rate_limit_max_period for messages: "1 day", "90 seconds" */
+static char *
+RlMaxPeriodText(void)
+{
+	static const struct
+	{
+		int			secs;
+		const char *unit;
+	}			units[] = {{86400, "day"}, {3600, "hour"}, {60, "minute"}, {1, "second"}};
+
+	for (int i = 0;; i++)
+		if (rl_max_period % units[i].secs == 0)
+		{
+			int			n = rl_max_period / units[i].secs;
+
+			return psprintf("%d %s%s", n, units[i].unit, n == 1 ? "" : "s");
+		}
+}
+
+static int64
+RlMaxPeriodUs(void)
+{
+	return (int64) rl_max_period * USECS_PER_SEC;
+}
+
+/*
+ * A duration in microseconds: more than zero, at most
+ * apicore.rate_limit_max_period, so every key comes to rest within it.
+ */
 static int64
 RlDurationArg(const Interval *span, const char *name)
 {
@@ -428,11 +535,12 @@ RlDurationArg(const Interval *span, const char *name)
 		(int128) span->day * USECS_PER_DAY +
 		(int128) span->month * DAYS_PER_MONTH * USECS_PER_DAY;
 
-	if (us <= 0 || us > RL_MAX_PERIOD)
+	if (us <= 0 || us > RlMaxPeriodUs())
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("rate limit %s must be more than 0 and at most 10 years", name),
-				 errhint("Pass an interval such as '1 second', '1 minute' or '1 day'.")));
+				 errmsg("rate limit %s must be more than 0 and at most %s", name, RlMaxPeriodText()),
+				 errhint("The longest is set by apicore.rate_limit_max_period (a superuser may raise it); "
+						 "pass an interval such as '1 second', '1 minute' or '1 hour'.")));
 	return (int64) us;
 }
 
@@ -495,19 +603,21 @@ RlMakeParams(RlKind kind, int32 limit, const Interval *period,
 				 errmsg("rate limit burst applies only to algorithm gcra"),
 				 errhint("Leave burst NULL for fixed_window and sliding_window: they allow \"limit\" per window.")));
 	p->burst = burst_given ? burst : limit;
-	/* period <= 10 years, so period in ns fits int64: no 128-bit division here */
+	/* period <= max_period <= 10 years: period in ns fits int64 */
 	p->interval_ns = p->period * 1000 / limit;
 	if (p->interval_ns < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("rate limit \"limit\" %d is more than one per nanosecond of the period", limit),
 				 errhint("Use a longer period or a smaller limit.")));
+	/* an emptied GCRA bucket comes to rest after interval * burst */
 	tolerance = (int128) p->interval_ns * p->burst;
-	if (tolerance > RL_MAX_TOLERANCE_NS)
+	if (tolerance > (int128) RlMaxPeriodUs() * 1000)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("rate limit burst %d takes more than 100 years to refill at this rate", p->burst),
-				 errhint("Use a smaller burst or a higher limit.")));
+				 errmsg("rate limit burst %d takes more than %s to refill at this rate",
+						p->burst, RlMaxPeriodText()),
+				 errhint("Use a smaller burst or a higher limit; apicore.rate_limit_max_period bounds the refill time.")));
 	p->tolerance_ns = (int64) tolerance;
 }
 
@@ -1124,7 +1234,7 @@ apicore_rate_limit(PG_FUNCTION_ARGS)
 	RlMakeParams(RL_GCRA, PG_GETARG_INT32(1), PG_GETARG_INTERVAL_P(2),
 				 !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3), &call.params);
 	cost = RlCostArg(fcinfo, 4, &call, 1);
-	RlHashKey(RL_NS_ADHOC, NULL, key, &call.key);
+	RlHashKey(RL_NS_ADHOC, NULL, &call.params, key, &call.key);
 	call.shadow = false;
 	call.stat = &rl->stats[0];
 	RlApply(&call, 1, cost, &result);
@@ -1153,92 +1263,229 @@ RlStatFor(const char *name)
 	return found ? found : &rl->stats[0];
 }
 
+static bool RlValidPolicyName(const char *name);
+
+/* The policy table's columns the cache reads, and their types. */
+static const struct
+{
+	const char *name;
+	Oid			type;
+}			rl_policy_columns[6] = {
+	{"name", TEXTOID}, {"limit", INT4OID}, {"period", INTERVALOID},
+	{"burst", INT4OID}, {"algorithm", TEXTOID}, {"mode", TEXTOID}
+};
+
+/* apicore.rate_limit_policy's OID, resolved without search_path */
+static Oid
+RlPolicyRelid(void)
+{
+	Oid			nsp = get_namespace_oid("apicore", false);
+	Oid			relid = get_relname_relid("rate_limit_policy", nsp);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: table apicore.rate_limit_policy is missing"),
+				 errhint("Reinstall the extension: DROP EXTENSION apicore; CREATE EXTENSION apicore.")));
+	return relid;
+}
+
+/* Attribute numbers of rl_policy_columns in rel; the types must match. */
 static void
-RlLoadPolicyRow(HTAB *cache, HeapTuple row, TupleDesc desc)
+RlPolicyAttnums(Relation rel, AttrNumber *attnums)
+{
+	for (int col = 0; col < 6; col++)
+	{
+		AttrNumber	attnum = get_attnum(RelationGetRelid(rel), rl_policy_columns[col].name);
+
+		if (attnum == InvalidAttrNumber ||
+			TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid != rl_policy_columns[col].type)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("apicore: column \"%s\" of apicore.rate_limit_policy is missing or has another type",
+							rl_policy_columns[col].name),
+					 errhint("The table was altered; reinstall the extension.")));
+		attnums[col] = attnum;
+	}
+}
+
+/* Copy one stored row into the cache, as it is: RlCheckPolicy judges it on use. */
+static void
+RlLoadPolicyRow(HTAB *cache, TupleTableSlot *slot, const AttrNumber *attnums)
 {
 	bool		isnull[6];
 	Datum		v[6];
 	char	   *name;
 	RlPolicy   *policy;
+	bool		found;
 
 	for (int col = 0; col < 6; col++)
-		v[col] = SPI_getbinval(row, desc, col + 1, &isnull[col]);
+		v[col] = slot_getattr(slot, attnums[col], &isnull[col]);
+	if (isnull[0])
+		return;					/* no name: nobody can ask for it */
 	name = TextDatumGetCString(v[0]);
-	policy = hash_search(cache, name, HASH_ENTER, NULL);
-	RlMakeParams(RlAlgorithm(TextDatumGetCString(v[4])), DatumGetInt32(v[1]),
-				 DatumGetIntervalP(v[2]), !isnull[3], isnull[3] ? 0 : DatumGetInt32(v[3]),
-				 &policy->params);
-	policy->shadow = RlModeIsShadow(TextDatumGetCString(v[5]));
-	policy->stat = RlStatFor(name);
+	if (strlen(name) >= NAMEDATALEN)
+		return;					/* longer than any name a lookup accepts */
+	policy = hash_search(cache, name, HASH_ENTER, &found);
+	memset((char *) policy + NAMEDATALEN, 0, sizeof(RlPolicy) - NAMEDATALEN);
+	policy->has_null = isnull[1] || isnull[2] || isnull[4] || isnull[5] || found;
+	if (policy->has_null)
+		return;
+	policy->limit = DatumGetInt32(v[1]);
+	policy->period = *DatumGetIntervalP(v[2]);
+	policy->burst_given = !isnull[3];
+	policy->burst = isnull[3] ? 0 : DatumGetInt32(v[3]);
+	policy->algorithm = TextDatumGetCString(v[4]);
+	policy->mode = TextDatumGetCString(v[5]);
 }
 
-/* Read apicore.rate_limit_policy into a fresh cache (SPI: only when it changed). */
+/* Drop the cache when apicore.rate_limit_policy changes (or everything is reset). */
+static void
+RlPolicyRelcacheCallback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == policy_relid)
+	{
+		policy_cache_valid = false;
+		policy_invalidations++;
+	}
+}
+
+static HTAB *
+RlNewPolicyHash(MemoryContext cxt)
+{
+	HASHCTL		ctl = {0};
+
+	ctl.keysize = NAMEDATALEN;
+	ctl.entrysize = sizeof(RlPolicy);
+	ctl.hcxt = cxt;
+	return hash_create("apicore rate limit policies", 64, &ctl,
+					   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+/*
+ * Read apicore.rate_limit_policy into a fresh cache with the table API: no
+ * SQL, no privilege check, nothing resolved by name, so it works the same
+ * for every caller.  The latest snapshot, so a cache kept across
+ * transactions never holds an older state than the last invalidation.
+ */
 static void
 RlLoadPolicies(void)
 {
 	/* built under the caller's context: an error while loading frees it */
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "apicore rate limit policies",
 											  ALLOCSET_SMALL_SIZES);
-	HASHCTL		ctl = {0};
-	HTAB	   *cache;
-	uint64		generation = pg_atomic_read_u64(&rl->policy_generation);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	uint64		invalidations;
+	HTAB	   *cache = RlNewPolicyHash(cxt);
+	AttrNumber	attnums[6];
+	Relation	rel;
+	Snapshot	snapshot;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
 
-	ctl.keysize = NAMEDATALEN;
-	ctl.entrysize = sizeof(RlPolicy);
-	ctl.hcxt = cxt;
-	cache = hash_create("apicore rate limit policies", 64, &ctl,
-						HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	SPI_connect();
-	if (SPI_execute("SELECT name, \"limit\", period, burst, algorithm, mode "
-					"FROM apicore.rate_limit_policy", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "apicore: could not read apicore.rate_limit_policy");
-	for (uint64 i = 0; i < SPI_processed; i++)
-		RlLoadPolicyRow(cache, SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-	SPI_finish();
+	if (!policy_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(RlPolicyRelcacheCallback, (Datum) 0);
+		policy_callback_registered = true;
+	}
+	policy_relid = RlPolicyRelid();
+	rel = table_open(policy_relid, AccessShareLock);
+	invalidations = policy_invalidations;	/* after the lock: invals accepted */
+	RlPolicyAttnums(rel, attnums);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	slot = table_slot_create(rel, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+		RlLoadPolicyRow(cache, slot, attnums);
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	MemoryContextSwitchTo(old);
 
 	if (policy_cache_cxt)
 		MemoryContextDelete(policy_cache_cxt);
 	MemoryContextSetParent(cxt, TopMemoryContext);
 	policy_cache_cxt = cxt;
 	policy_cache = cache;
-	policy_cache_generation = generation;
-	policy_cache_loaded_at = GetCurrentTimestamp();
+	/* a change that arrived while reading is read again next time */
+	policy_cache_valid = invalidations == policy_invalidations;
+}
+
+static void
+RlPolicyErrorContext(void *arg)
+{
+	errcontext("rate limit policy \"%s\" as stored in apicore.rate_limit_policy; "
+			   "redefine it with apicore.rate_limit_policy_set()", (const char *) arg);
 }
 
 /*
- * The cache of policies, reloaded when a commit changed the
- * table (generation counter in shared memory), or, on a hot standby where
- * changes arrive by replay and bump nothing, when it is a second old.
+ * Judge a stored row on its first use, as rate_limit_policy_set judges its
+ * arguments: a row written past the table's constraints (by a superuser)
+ * fails here with a clean error naming the policy, and only its own calls.
  */
+static void
+RlCheckPolicy(RlPolicy *policy)
+{
+	ErrorContextCallback context;
+
+	context.callback = RlPolicyErrorContext;
+	context.arg = policy->name;
+	context.previous = error_context_stack;
+	error_context_stack = &context;
+	if (policy->has_null || !RlValidPolicyName(policy->name))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit policy \"%s\" is invalid: a NULL column, a duplicate or a bad name",
+						policy->name),
+				 errhint("Redefine it with apicore.rate_limit_policy_set() or drop it.")));
+	RlMakeParams(RlAlgorithm(policy->algorithm), policy->limit, &policy->period,
+				 policy->burst_given, policy->burst, &policy->params);
+	policy->shadow = RlModeIsShadow(policy->mode);
+	error_context_stack = context.previous;
+	policy->stat = rl ? RlStatFor(policy->name) : NULL;	/* headers work without preload */
+	policy->checked = true;
+}
+
+/* The cache of policies, reloaded once a change to the table was seen. */
 static void
 RlRefreshPolicies(void)
 {
-	if (policy_cache == NULL || policy_changed_in_xact ||
-		policy_cache_generation != pg_atomic_read_u64(&rl->policy_generation) ||
-		(RecoveryInProgress() &&
-		 GetCurrentTimestamp() - policy_cache_loaded_at > USECS_PER_SEC))
+	if (!policy_cache_valid)
 		RlLoadPolicies();
+}
+
+/* A policy by name, checked; NULL if there is none (missing_ok). */
+static RlPolicy *
+RlPolicyFind(const char *name, bool missing_ok)
+{
+	RlPolicy   *policy = NULL;
+
+	if (strlen(name) < NAMEDATALEN)
+	{
+		RlRefreshPolicies();
+		policy = hash_search(policy_cache, name, HASH_FIND, NULL);
+		if (policy == NULL && !missing_ok)
+		{
+			/* committed by another session after this transaction's last invalidations */
+			RlLoadPolicies();
+			policy = hash_search(policy_cache, name, HASH_FIND, NULL);
+		}
+	}
+	if (policy == NULL && !missing_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("rate limit policy \"%s\" does not exist", name),
+				 errhint("Create it with apicore.rate_limit_policy_set().")));
+	if (policy && !policy->checked)
+		RlCheckPolicy(policy);
+	return policy;
 }
 
 static RlPolicy *
 RlPolicyLookup(const char *name)
 {
-	RlPolicy   *policy;
-
-	RlRefreshPolicies();
-	policy = strlen(name) < NAMEDATALEN ? hash_search(policy_cache, name, HASH_FIND, NULL) : NULL;
-	if (policy == NULL)
-	{
-		/* created earlier in this transaction, or not committed when we loaded */
-		RlLoadPolicies();
-		policy = strlen(name) < NAMEDATALEN ? hash_search(policy_cache, name, HASH_FIND, NULL) : NULL;
-	}
-	if (policy == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("rate limit policy \"%s\" does not exist", name),
-				 errhint("Create it with apicore.rate_limit_policy_set().")));
-	return policy;
+	return RlPolicyFind(name, false);
 }
 
 static void
@@ -1249,7 +1496,7 @@ RlPolicyCall(const char *policy_name, const text *key, RlCall *call)
 	call->params = policy->params;
 	call->shadow = policy->shadow;
 	call->stat = policy->stat;
-	RlHashKey(RL_NS_POLICY, policy->name, key, &call->key);
+	RlHashKey(RL_NS_POLICY, policy->name, NULL, key, &call->key);
 }
 
 /* apicore.rate_limit_check(policy, key, cost) */
@@ -1355,49 +1602,62 @@ apicore_rate_limit_check_many(PG_FUNCTION_ARGS)
 	return RlResultDatum(fcinfo, &result);
 }
 
-/* apicore.rate_limit_reset(key, policy): forget a key (ad hoc and every policy's, or one policy's) */
+/*
+ * Remove every rate-limit entry of key's group (ad hoc limits with any
+ * parameters, every policy), never its concurrency leases.  Entries are
+ * placed by their full identity, so this visits every partition.
+ */
+static bool
+RlRemoveGroup(const RlKey *key)
+{
+	bool		removed = false;
+
+	for (int part = 0; part < RL_PARTITIONS; part++)
+	{
+		LWLockAcquire(RlLock(part), LW_EXCLUSIVE);
+		for (int b = 0; b < rl->buckets_per_partition; b++)
+		{
+			int32	   *link = &rl_buckets[part * rl->buckets_per_partition + b];
+
+			while (*link != RL_NONE)
+			{
+				RlEntry    *e = &rl_entries[*link];
+				int32		i = *link;
+
+				if (e->key.group != key->group || e->pinned || e->state.kind == RL_CONCURRENCY)
+				{
+					link = &e->next;
+					continue;
+				}
+				*link = e->next;
+				RlPoolGive(&rl->entry_pool, RL_ENTRY_LINKS, i, i, 1);
+				removed = true;
+			}
+		}
+		LWLockRelease(RlLock(part));
+	}
+	return removed;
+}
+
+/* apicore.rate_limit_reset(key, policy): forget a key (everywhere, or one policy's) */
 Datum
 apicore_rate_limit_reset(PG_FUNCTION_ARGS)
 {
 	text	   *key;
-	List	   *targets = NIL;
-	bool		removed = false;
-	ListCell   *lc;
+	RlKey		k;
+	bool		removed;
 
 	ApicoreRequirePreload("rate_limit_reset");
 	key = RlKeyArg(fcinfo, 0);
-	if (!PG_ARGISNULL(1))
+	if (PG_ARGISNULL(1))
 	{
-		RlKey	   *k = palloc(sizeof(RlKey));
-
-		RlHashKey(RL_NS_POLICY, RlPolicyLookup(text_to_cstring(PG_GETARG_TEXT_PP(1)))->name, key, k);
-		targets = lappend(targets, k);
+		RlHashKey(RL_NS_ADHOC, NULL, NULL, key, &k);
+		PG_RETURN_BOOL(RlRemoveGroup(&k));
 	}
-	else
-	{
-		HASH_SEQ_STATUS seq;
-		RlPolicy   *policy;
-		RlKey	   *k = palloc(sizeof(RlKey));
-
-		RlHashKey(RL_NS_ADHOC, NULL, key, k);
-		targets = lappend(targets, k);
-		RlRefreshPolicies();
-		hash_seq_init(&seq, policy_cache);
-		while ((policy = hash_seq_search(&seq)) != NULL)
-		{
-			k = palloc(sizeof(RlKey));
-			RlHashKey(RL_NS_POLICY, policy->name, key, k);
-			targets = lappend(targets, k);
-		}
-	}
-	foreach(lc, targets)
-	{
-		RlKey	   *k = lfirst(lc);
-
-		LWLockAcquire(RlLock(RlPartitionOf(k)), LW_EXCLUSIVE);
-		removed |= RlRemove(k);
-		LWLockRelease(RlLock(RlPartitionOf(k)));
-	}
+	RlHashKey(RL_NS_POLICY, RlPolicyLookup(text_to_cstring(PG_GETARG_TEXT_PP(1)))->name, NULL, key, &k);
+	LWLockAcquire(RlLock(RlPartitionOf(&k)), LW_EXCLUSIVE);
+	removed = RlRemove(&k);
+	LWLockRelease(RlLock(RlPartitionOf(&k)));
 	PG_RETURN_BOOL(removed);
 }
 
@@ -1412,6 +1672,31 @@ RlValidPolicyName(const char *name)
 		if (!isalnum((unsigned char) *c) && !strchr("_-.:", *c))
 			return false;
 	return true;
+}
+
+/*
+ * Run one statement on apicore.rate_limit_policy as apicore's owner: callers
+ * need EXECUTE on the function (apicore_rate_limit_admin), never privileges
+ * on the table.  Everything in the SQL is qualified; ApicoreBecome adds
+ * SECURITY_RESTRICTED_OPERATION and search_path = pg_catalog, pg_temp.
+ */
+static uint64
+RlPolicyWrite(const char *sql, int nargs, const Oid *types, Datum *args, const char *nulls,
+			  int expected)
+{
+	ApicoreIdentity id;
+	uint64		processed;
+
+	ApicoreBecome(&id, ApicoreOwner(), 0);
+	SPI_connect();
+	if (SPI_execute_with_args(sql, nargs, (Oid *) types, args, nulls, false, 0) != expected)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("apicore: could not write apicore.rate_limit_policy")));
+	processed = SPI_processed;
+	SPI_finish();
+	ApicoreRestore(&id);
+	return processed;
 }
 
 /* apicore.rate_limit_policy_set(name, limit, period, burst, algorithm, mode) */
@@ -1440,59 +1725,206 @@ apicore_rate_limit_policy_set(PG_FUNCTION_ARGS)
 				 PG_GETARG_INTERVAL_P(2), !PG_ARGISNULL(3),
 				 PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3), &params);
 	(void) RlModeIsShadow(TextDatumGetCString(args[5]));
-
-	SPI_connect();
-	if (SPI_execute_with_args("INSERT INTO apicore.rate_limit_policy "
-							  "(name, \"limit\", period, burst, algorithm, mode) "
-							  "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET "
-							  "\"limit\" = EXCLUDED.\"limit\", period = EXCLUDED.period, "
-							  "burst = EXCLUDED.burst, algorithm = EXCLUDED.algorithm, "
-							  "mode = EXCLUDED.mode, updated_at = now()",
-							  6, (Oid *) types, args, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "apicore: could not write apicore.rate_limit_policy");
-	SPI_finish();
+	(void) RlPolicyWrite("INSERT INTO apicore.rate_limit_policy "
+						 "(name, \"limit\", period, burst, algorithm, mode) "
+						 "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET "
+						 "\"limit\" = EXCLUDED.\"limit\", period = EXCLUDED.period, "
+						 "burst = EXCLUDED.burst, algorithm = EXCLUDED.algorithm, "
+						 "mode = EXCLUDED.mode, updated_at = pg_catalog.now()",
+						 6, types, args, nulls, SPI_OK_INSERT);
 	PG_RETURN_VOID();
 }
 
-/*
- * Other backends reload their policy cache when the generation changes; bump
- * it once the change is visible (commit), or on abort, when this backend
- * may have cached rows that never were.
- */
-static void
-RlPolicyXactCallback(XactEvent event, void *arg)
+/* apicore.rate_limit_policy_drop(name): false if there was none */
+Datum
+apicore_rate_limit_policy_drop(PG_FUNCTION_ARGS)
 {
-	if (!policy_changed_in_xact)
-		return;
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
-		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-	{
-		if (rl)
-			pg_atomic_fetch_add_u64(&rl->policy_generation, 1);
-		policy_changed_in_xact = false;
-	}
+	static const Oid types[1] = {TEXTOID};
+	Datum		args[1];
+
+	RlRequireArg(fcinfo, 0, "policy name");
+	args[0] = PG_GETARG_DATUM(0);
+	PG_RETURN_BOOL(RlPolicyWrite("DELETE FROM apicore.rate_limit_policy "
+								 "WHERE name OPERATOR(pg_catalog.=) $1",
+								 1, types, args, " ", SPI_OK_DELETE) > 0);
 }
 
-/* statement trigger on apicore.rate_limit_policy */
+/*
+ * Statement trigger on apicore.rate_limit_policy: invalidate the table's
+ * relcache entry, which runs RlPolicyRelcacheCallback in this backend at
+ * the next command and, once committed, in every other backend (and on hot
+ * standbys, where the commit record carries it); an abort replays it here.
+ */
 Datum
 apicore_rate_limit_policy_changed(PG_FUNCTION_ARGS)
 {
 	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "apicore: _rate_limit_policy_changed must be called as a trigger");
-	if (!policy_xact_callback_registered)
-	{
-		RegisterXactCallback(RlPolicyXactCallback, NULL);
-		policy_xact_callback_registered = true;
-	}
-	policy_changed_in_xact = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("apicore: _rate_limit_policy_changed must be called as a trigger"),
+				 errhint("It is the statement trigger of apicore.rate_limit_policy; do not call it.")));
+	CacheInvalidateRelcache(((TriggerData *) fcinfo->context)->tg_relation);
+	policy_cache_valid = false;
 	return PointerGetDatum(NULL);
+}
+
+/* ---------- headers (draft-ietf-httpapi-ratelimit-headers) ---------- */
+
+/*
+ * Text that goes into an HTTP header value: printable ASCII only (RFC 8941
+ * sf-string characters), so no CR/LF can start another header and nothing
+ * needs an encoding the receiver may not share.
+ */
+static bool
+RlHeaderSafe(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char) s[i] < 0x20 || (unsigned char) s[i] > 0x7e)
+			return false;
+	return true;
+}
+
+/* The policy name as an RFC 8941 sf-string: quoted, \ and " escaped. */
+static void
+RlAppendSfString(StringInfo buf, const char *name)
+{
+	size_t		len = strlen(name);
+
+	if (len > RL_MAX_HEADER_NAME || !RlHeaderSafe(name, len))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate_limit_headers: policy name must be at most %d printable ASCII characters (0x20 to 0x7E)",
+						RL_MAX_HEADER_NAME),
+				 errhint("A header value cannot carry control or non-ASCII characters; use the policy's name.")));
+	appendStringInfoChar(buf, '"');
+	for (const char *c = name; *c; c++)
+	{
+		if (*c == '"' || *c == '\\')
+			appendStringInfoChar(buf, '\\');
+		appendStringInfoChar(buf, *c);
+	}
+	appendStringInfoChar(buf, '"');
+}
+
+/* Field `attno` of r, which must not be NULL. */
+static Datum
+RlResultField(HeapTupleHeader r, int attno, const char *name)
+{
+	bool		isnull;
+	Datum		value = GetAttributeByNum(r, attno, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rate_limit_headers: r.%s must not be NULL", name),
+				 errhint("Pass the result of apicore.rate_limit() or apicore.rate_limit_check().")));
+	return value;
+}
+
+/* Seconds of r's *_after field rounded up, at least `floor`. */
+static int64
+RlResultSeconds(HeapTupleHeader r, int attno, const char *name, int64 floor)
+{
+	double		secs = DatumGetFloat8(RlResultField(r, attno, name));
+
+	if (isnan(secs) || secs > 1e15 || secs < -1e15)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate_limit_headers: r.%s must be a number of seconds, got %g", name, secs),
+				 errhint("Pass the result of apicore.rate_limit() or apicore.rate_limit_check().")));
+	return Max((int64) ceil(secs), floor);
+}
+
+/* An interval in whole seconds, rounded up, as extract(epoch) counts it. */
+static int64
+RlWindowSeconds(const Interval *span)
+{
+	int128		us = (int128) span->time + (int128) span->day * USECS_PER_DAY +
+		(int128) (span->month / MONTHS_PER_YEAR) * 31557600 * USECS_PER_SEC +
+		(int128) (span->month % MONTHS_PER_YEAR) * DAYS_PER_MONTH * USECS_PER_DAY;
+
+	if (us <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate_limit_headers: period must be more than 0"),
+				 errhint("Pass the period of the limit, e.g. '1 minute'.")));
+	return CeilDiv(us, USECS_PER_SEC);
+}
+
+static void
+RlAppendHeader(StringInfo json, const char *field, const StringInfo value)
+{
+	/* every value is built from checked parts; check the whole once more */
+	if (!RlHeaderSafe(value->data, value->len))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate_limit_headers: %s would carry a control or non-ASCII character", field)));
+	if (json->len > 1)
+		appendStringInfoString(json, ", ");
+	escape_json(json, field);
+	appendStringInfoString(json, ": ");
+	escape_json(json, value->data);
+}
+
+/* apicore.rate_limit_headers(r, policy, period): RateLimit-Policy, RateLimit, Retry-After */
+Datum
+apicore_rate_limit_headers(PG_FUNCTION_ARGS)
+{
+	HeapTupleHeader r;
+	const char *name = PG_ARGISNULL(1) ? "default" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	RlPolicy   *policy = NULL;
+	int64		quota;
+	int64		window = -1;
+	StringInfoData item, value, json;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rate_limit_headers: r must not be NULL"),
+				 errhint("Pass the result of apicore.rate_limit() or apicore.rate_limit_check().")));
+	r = PG_GETARG_HEAPTUPLEHEADER(0);
+	initStringInfo(&item);
+	RlAppendSfString(&item, name);
+	if (!PG_ARGISNULL(1))
+		policy = RlPolicyFind(name, true);
+	quota = policy ? policy->params.limit : DatumGetInt32(RlResultField(r, 2, "limit"));
+	if (policy)
+		window = policy->params.period / USECS_PER_SEC + (policy->params.period % USECS_PER_SEC > 0);
+	else if (!PG_ARGISNULL(2))
+		window = RlWindowSeconds(PG_GETARG_INTERVAL_P(2));
+
+	initStringInfo(&json);
+	appendStringInfoChar(&json, '{');
+	initStringInfo(&value);
+	appendStringInfo(&value, "%s;q=" INT64_FORMAT, item.data, quota);
+	if (window >= 0)
+		appendStringInfo(&value, ";w=" INT64_FORMAT, window);
+	RlAppendHeader(&json, "RateLimit-Policy", &value);
+	resetStringInfo(&value);
+	appendStringInfo(&value, "%s;r=%d;t=" INT64_FORMAT, item.data,
+					 Max(DatumGetInt32(RlResultField(r, 3, "remaining")), 0),
+					 RlResultSeconds(r, 5, "reset_after", 0));
+	RlAppendHeader(&json, "RateLimit", &value);
+	if (!DatumGetBool(RlResultField(r, 1, "allowed")))
+	{
+		/* delay-seconds, rounded up: a client that waits this long is allowed */
+		resetStringInfo(&value);
+		appendStringInfo(&value, INT64_FORMAT, RlResultSeconds(r, 4, "retry_after", 1));
+		RlAppendHeader(&json, "Retry-After", &value);
+	}
+	appendStringInfoChar(&json, '}');
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json.data)));
 }
 
 /* ---------- concurrency leases ---------- */
 
-/* Release one lease; false if the token is unknown or its lease ran out. */
+/*
+ * Release one lease; false if the token is unknown, its lease ran out, or
+ * (holder valid) another role took it: a token seen or guessed by another
+ * role releases nothing, and looks like any unknown token.
+ */
 static bool
-RlReleaseLease(const RlKey *key, int64 token)
+RlReleaseLease(const RlKey *key, int64 token, Oid holder)
 {
 	int			part = RlPartitionOf(key);
 	bool		found = false;
@@ -1507,7 +1939,8 @@ RlReleaseLease(const RlKey *key, int64 token)
 		{
 			int32		i = *link;
 
-			if (rl_slots[i].token != token)
+			if (rl_slots[i].token != token ||
+				(OidIsValid(holder) && rl_slots[i].holder != holder))
 				continue;
 			*link = rl_slots[i].next;
 			RlPoolGive(&rl->slot_pool, RL_SLOT_LINKS, i, i, 1);
@@ -1549,9 +1982,32 @@ RlReleaseHeldLeases(int code, Datum arg)
 	{
 		RlHeldLease *held = lfirst(lc);
 
-		RlReleaseLease(&held->key, held->token);
+		RlReleaseLease(&held->key, held->token, InvalidOid);
 	}
 	held_leases = NIL;
+}
+
+/*
+ * A token for a new lease of e: 63 random bits (libsodium), so tokens cannot
+ * be guessed from one another, positive (0 and RL_LEASES_FULL mean none),
+ * and distinct among e's leases.
+ */
+static int64
+RlNewToken(const RlEntry *e)
+{
+	for (;;)
+	{
+		uint64		r;
+		int64		token;
+		bool		taken = false;
+
+		randombytes_buf(&r, sizeof(r));
+		token = (int64) (r & PG_INT64_MAX);
+		for (int32 i = e->state.other; i != RL_NONE && !taken; i = rl_slots[i].next)
+			taken = rl_slots[i].token == token;
+		if (token > 0 && !taken)
+			return token;
+	}
 }
 
 /*
@@ -1574,9 +2030,10 @@ RlTakeLease(RlEntry *e, int32 max_in_flight, int64 expires_at, int64 now)
 		return 0;
 	if ((i = RlPoolTake(&rl->slot_pool, RL_SLOT_LINKS)) == RL_NONE)
 		return RL_LEASES_FULL;
-	rl_slots[i].token = (int64) pg_atomic_fetch_add_u64(&rl->next_token, 1);
+	rl_slots[i].token = RlNewToken(e);
 	rl_slots[i].expires_at = expires_at;
 	rl_slots[i].pid = MyProcPid;
+	rl_slots[i].holder = GetUserId();
 	rl_slots[i].next = e->state.other;
 	e->state.other = i;
 	e->state.count++;
@@ -1600,7 +2057,7 @@ apicore_concurrency_acquire(PG_FUNCTION_ARGS)
 
 	ApicoreRequirePreload("concurrency_acquire");
 	held = MemoryContextAlloc(TopMemoryContext, sizeof(RlHeldLease));
-	RlHashKey(RL_NS_CONCURRENCY, NULL, RlKeyArg(fcinfo, 0), &held->key);
+	RlHashKey(RL_NS_CONCURRENCY, NULL, NULL, RlKeyArg(fcinfo, 0), &held->key);
 	RlRequireArg(fcinfo, 1, "max_in_flight");
 	RlRequireArg(fcinfo, 2, "lease");
 	max_in_flight = PG_GETARG_INT32(1);
@@ -1662,10 +2119,10 @@ apicore_concurrency_release(PG_FUNCTION_ARGS)
 	bool		released;
 
 	ApicoreRequirePreload("concurrency_release");
-	RlHashKey(RL_NS_CONCURRENCY, NULL, RlKeyArg(fcinfo, 0), &key);
+	RlHashKey(RL_NS_CONCURRENCY, NULL, NULL, RlKeyArg(fcinfo, 0), &key);
 	RlRequireArg(fcinfo, 1, "token");
 	token = PG_GETARG_INT64(1);
-	released = RlReleaseLease(&key, token);
+	released = RlReleaseLease(&key, token, GetUserId());
 	RlForgetHeldLease(token);
 	PG_RETURN_BOOL(released);
 }

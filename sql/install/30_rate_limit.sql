@@ -1,5 +1,19 @@
 -- 30_rate_limit.sql — rate limits (API.md section 3): the result type, the
 -- policy table, the C functions over shared memory, stats and housekeeping.
+--
+-- Privileges: any role with EXECUTE (PUBLIC by default) may check limits,
+-- take leases and build headers; the C code reads the policy table itself,
+-- so nobody needs privileges on it.  Defining policies is for members of
+-- apicore_rate_limit_admin (the functions write the table as apicore's
+-- owner); the stats are for pg_monitor and the admin role.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'apicore_rate_limit_admin') THEN
+        CREATE ROLE apicore_rate_limit_admin NOLOGIN;
+    END IF;
+END
+$$;
 
 CREATE TYPE apicore.rate_limit_result AS (
     allowed     bool,
@@ -33,6 +47,9 @@ CREATE TABLE apicore.rate_limit_policy (
 COMMENT ON TABLE apicore.rate_limit_policy IS
     'named rate limits for apicore.rate_limit_check(); change with rate_limit_policy_set/_drop';
 SELECT pg_catalog.pg_extension_config_dump('apicore.rate_limit_policy', '');
+-- written only by rate_limit_policy_set/_drop (as apicore's owner); readable by the admin and monitors
+REVOKE ALL ON apicore.rate_limit_policy FROM PUBLIC;
+GRANT SELECT ON apicore.rate_limit_policy TO apicore_rate_limit_admin, pg_monitor;
 
 CREATE FUNCTION apicore._rate_limit_policy_changed() RETURNS trigger
     LANGUAGE c
@@ -40,6 +57,7 @@ CREATE FUNCTION apicore._rate_limit_policy_changed() RETURNS trigger
 CREATE TRIGGER rate_limit_policy_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apicore.rate_limit_policy
     FOR EACH STATEMENT EXECUTE FUNCTION apicore._rate_limit_policy_changed();
+REVOKE ALL ON FUNCTION apicore._rate_limit_policy_changed() FROM PUBLIC;
 
 CREATE FUNCTION apicore.rate_limit_policy_set(name text, "limit" int, period interval,
                                               burst int DEFAULT NULL,
@@ -52,11 +70,14 @@ COMMENT ON FUNCTION apicore.rate_limit_policy_set(text, int, interval, int, text
     'create or replace a named policy; algorithm gcra | fixed_window | sliding_window, mode enforce | shadow';
 
 CREATE FUNCTION apicore.rate_limit_policy_drop(name text) RETURNS bool
-    LANGUAGE sql VOLATILE
-    AS $$ WITH gone AS (DELETE FROM apicore.rate_limit_policy p WHERE p.name = $1 RETURNING 1)
-          SELECT count(*) > 0 FROM gone $$;
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_policy_drop';
 COMMENT ON FUNCTION apicore.rate_limit_policy_drop(text) IS
     'drop a named policy; false if there was none';
+REVOKE ALL ON FUNCTION apicore.rate_limit_policy_set(text, int, interval, int, text, text),
+                       apicore.rate_limit_policy_drop(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.rate_limit_policy_set(text, int, interval, int, text, text),
+                          apicore.rate_limit_policy_drop(text) TO apicore_rate_limit_admin;
 
 CREATE FUNCTION apicore.rate_limit_check(policy text, key text, cost int DEFAULT 1)
     RETURNS apicore.rate_limit_result
@@ -77,46 +98,18 @@ CREATE FUNCTION apicore.rate_limit_reset(key text, policy text DEFAULT NULL) RET
     AS 'MODULE_PATHNAME', 'apicore_rate_limit_reset';
 COMMENT ON FUNCTION apicore.rate_limit_reset(text, text) IS
     'forget key (ad hoc and under every policy, or under one policy); true if it had state';
+-- lifting someone's limit is the admin's; GRANT EXECUTE to an application that needs it
+REVOKE ALL ON FUNCTION apicore.rate_limit_reset(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore.rate_limit_reset(text, text) TO apicore_rate_limit_admin;
 
--- IETF draft-ietf-httpapi-ratelimit-headers-09 fields, ready to send.
+-- IETF draft-ietf-httpapi-ratelimit-headers-09 fields, ready to send.  In C:
+-- it reads the policy from the backend's cache (no privileges needed) and
+-- refuses any name that is not printable ASCII (no header injection).
 CREATE FUNCTION apicore.rate_limit_headers(r apicore.rate_limit_result, policy text DEFAULT NULL,
                                            period interval DEFAULT NULL)
     RETURNS jsonb
-    LANGUAGE plpgsql STABLE
-    AS $$
-DECLARE
-    quota  int := r."limit";
-    win    interval := period;
-    name   text := coalesce(policy, 'default');
-    item   text;
-    result jsonb;
-BEGIN
-    IF r IS NULL OR r.allowed IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '22004',
-            MESSAGE = 'rate_limit_headers: r must not be NULL',
-            HINT = 'Pass the result of apicore.rate_limit() or apicore.rate_limit_check().';
-    END IF;
-    IF policy IS NOT NULL THEN
-        SELECT p."limit", p.period INTO quota, win
-          FROM apicore.rate_limit_policy p WHERE p.name = policy;
-        quota := coalesce(quota, r."limit");
-        win := coalesce(win, period);
-    END IF;
-    -- a structured-field string: escape backslash and double quote
-    item := '"' || replace(replace(name, '\', '\\'), '"', '\"') || '"';
-    result := jsonb_build_object(
-        'RateLimit-Policy', item || ';q=' || quota
-            || coalesce(';w=' || ceil(extract(epoch FROM win))::bigint, ''),
-        'RateLimit', item || ';r=' || greatest(r.remaining, 0)
-            || ';t=' || ceil(greatest(r.reset_after, 0))::bigint);
-    IF NOT r.allowed THEN
-        -- delay-seconds, rounded up: a client that waits this long is allowed
-        result := result || jsonb_build_object('Retry-After',
-            greatest(ceil(r.retry_after), 1)::bigint::text);
-    END IF;
-    RETURN result;
-END
-$$;
+    LANGUAGE c STABLE
+    AS 'MODULE_PATHNAME', 'apicore_rate_limit_headers';
 COMMENT ON FUNCTION apicore.rate_limit_headers(apicore.rate_limit_result, text, interval) IS
     'RateLimit-Policy, RateLimit and (when rejected) Retry-After header values';
 
@@ -143,8 +136,14 @@ CREATE FUNCTION apicore._rate_limit_stats()
 CREATE VIEW apicore.rate_limit_stats AS SELECT * FROM apicore._rate_limit_stats();
 COMMENT ON VIEW apicore.rate_limit_stats IS
     'per policy (NULL: ad hoc rate_limit calls) allowed, rejected, shadow_rejected; table-wide keys in use, capacity, evictions, full events, leases';
+-- operational data about every application in the database: for monitors and the admin
+REVOKE ALL ON FUNCTION apicore._rate_limit_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apicore._rate_limit_stats() TO pg_monitor, apicore_rate_limit_admin;
+GRANT SELECT ON apicore.rate_limit_stats TO pg_monitor, apicore_rate_limit_admin;
 
 CREATE FUNCTION apicore._rate_limit_maintain() RETURNS text
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'apicore_rate_limit_maintain';
+-- run by the worker and run_maintenance(); it sweeps every partition under its lock
+REVOKE ALL ON FUNCTION apicore._rate_limit_maintain() FROM PUBLIC;
 INSERT INTO apicore.maintenance_task VALUES ('rate_limit_housekeeping', 'apicore._rate_limit_maintain', 40);

@@ -96,6 +96,9 @@ my $pid = $node->safe_psql('postgres',
 $node->safe_psql('postgres', "DELETE FROM apicore.maintenance_task WHERE task = 'pause'");
 kill 'KILL', $pid;
 ok($node->wait_for_log(qr/\(PID $pid\) was terminated by signal 9/), 'worker was killed');
+# the postmaster restarts every backend after a crash: wait until it accepts
+# connections again before asking anything (poll_query_until retries)
+ok($node->poll_query_until('postgres', 'SELECT true'), 'the server accepts connections after the crash');
 my $ticks_before = $node->safe_psql('postgres', 'SELECT count(*) FROM ticks');
 ok($node->poll_query_until('postgres', "SELECT count(*) > $ticks_before FROM ticks"),
 	'rounds run again after the worker was killed');

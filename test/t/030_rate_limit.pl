@@ -7,6 +7,7 @@ use PostgreSQL::Test::Utils;
 use ApicoreNode;
 use Test::More;
 
+my ($ret, $out, $err);
 my $node = apicore_node('rate_limit', streaming => 1, interval => '1h',
 	conf => "apicore.rate_limit_max_keys = 16\n");
 $node->safe_psql('postgres', q{
@@ -102,6 +103,26 @@ $leaser->quit;
 ok($node->poll_query_until('postgres', q{SELECT leases_in_flight = 0 FROM apicore.rate_limit_stats WHERE policy IS NULL}),
 	'the backend that quit gave all 16 back');
 
+# ---- every key comes to rest within apicore.rate_limit_max_period (1 day):
+# a table filled with keys of the longest period takes new keys a day later
+sub at_clock
+{
+	my ($clock, $sql) = @_;
+	return $node->safe_psql('postgres', "SET apicore.rate_limit_test_clock = $clock;
+		SET apicore.rate_limit_when_full = deny; $sql");
+}
+is(at_clock(200000, q{SELECT count(*) FILTER (WHERE (r).allowed) FROM (
+	SELECT apicore.rate_limit('day' || i, 1, '1 day') AS r FROM generate_series(1, 16) i) s}),
+	'16', '16 keys of the longest period fill the table');
+is(at_clock(286399, q{SELECT (apicore.rate_limit('late', 1, '1 minute')).allowed}), 'f',
+	'a second before the day is over no key is at rest: when_full decides (deny)');
+is(at_clock(286400, q{SELECT (apicore.rate_limit('late', 1, '1 minute')).allowed}), 't',
+	'a day after their last use the keys are at rest and one is reclaimed for the new key');
+($ret, $out, $err) = $node->psql('postgres', q{SELECT apicore.rate_limit('forever', 1, '3650 days')});
+like($err, qr/22023|at most 1 day/, 'a longer period is refused');
+like($err, qr/apicore\.rate_limit_max_period/, 'and the hint names the setting');
+at_clock(1000000, 'SELECT apicore._rate_limit_maintain()');
+
 # ---- many clients on one hot key: exactly the limit gets through
 $node->safe_psql('postgres', q{SELECT apicore.rate_limit_policy_set('hot', 100, '1 hour')});
 $node->pgbench('-n -c 8 -j 2 -t 200', 0, [qr/processed: 1600\/1600/], [qr/^$/],
@@ -129,14 +150,18 @@ $node->backup('base');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($node, 'base', has_streaming => 1);
 $standby->start;
-$node->safe_psql('postgres', q{SELECT apicore.rate_limit_policy_set('replica', 1, '1 hour')});
+$node->safe_psql('postgres', q{SELECT apicore.rate_limit_policy_set('replica', 1, '1 hour');
+CREATE ROLE regress_rl_standby_app;});
 $node->wait_for_catchup($standby);
 is($standby->safe_psql('postgres', q{SELECT (apicore.rate_limit('ro', 1, '1 hour')).allowed::text || ',' || (apicore.rate_limit('ro', 1, '1 hour')).allowed::text}),
 	'true,false', 'rate_limit works on a hot standby');
 ok($standby->poll_query_until('postgres',
 	q{SELECT (apicore.rate_limit_check('replica', 'ro', 0)).limit = 1}),
 	'a policy created on the primary reaches the standby cache');
-my ($ret, $out, $err) = $standby->psql('postgres', q{SELECT apicore.rate_limit_policy_set('x', 1, '1 hour')});
+is($standby->safe_psql('postgres', q{SET ROLE regress_rl_standby_app;
+	SELECT (apicore.rate_limit_check('replica', 'app')).allowed}), 't',
+	'an application role with only EXECUTE uses the policy on the standby');
+($ret, $out, $err) = $standby->psql('postgres', q{SELECT apicore.rate_limit_policy_set('x', 1, '1 hour')});
 like($err, qr/read-only transaction/, 'policies cannot be changed on a standby');
 
 $standby->stop;

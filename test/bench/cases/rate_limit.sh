@@ -1,5 +1,5 @@
 # rate_limit: apicore.rate_limit() on 10,000 keys and on one hot key, against
-# SELECT 1 (the floor), a PL/pgSQL token bucket in a table (INSERT .. ON
+# SELECT 1 (the floor), rate_limit_check() of a named policy likewise, a PL/pgSQL token bucket in a table (INSERT .. ON
 # CONFLICT DO UPDATE), and a Redis + Lua token bucket.
 #
 # pgbench rows are transactions/s.  The Redis rows compare apicore's pgbench
@@ -29,6 +29,8 @@ BEGIN
     RETURN ok;
 END \$\$"
 
+bench_sql "SELECT apicore.rate_limit_policy_set('bench', 100, '1 second')"
+
 rl_cases="$BENCH_DIR/cases"
 RL_ROUNDS="${RL_ROUNDS:-3}"
 
@@ -47,6 +49,8 @@ rl_row() {
 rl_select1() { bench_tps "$rl_cases/floor_select1.sql" "$1"; }
 rl_10k() { bench_tps "$rl_cases/rate_limit_10k.sql" "$1"; }
 rl_hot() { bench_tps "$rl_cases/rate_limit_hot.sql" "$1"; }
+rl_check_10k() { bench_tps "$rl_cases/rate_limit_check_10k.sql" "$1"; }
+rl_check_hot() { bench_tps "$rl_cases/rate_limit_check_hot.sql" "$1"; }
 rl_keyed() { bench_tps "$rl_cases/rate_limit_keyed_select.sql" "$1"; }
 rl_table_10k() { bench_tps "$rl_cases/rate_limit_table_10k.sql" "$1"; }
 rl_table_hot() { bench_tps "$rl_cases/rate_limit_table_hot.sql" "$1"; }
@@ -54,6 +58,8 @@ rl_table_hot() { bench_tps "$rl_cases/rate_limit_table_hot.sql" "$1"; }
 for c in $BENCH_CLIENTS; do
     rl_row "rate_limit 10k keys vs SELECT 1" "$c" rl_10k rl_select1
     rl_row "rate_limit hot key vs SELECT 1" "$c" rl_hot rl_select1
+    rl_row "rate_limit_check 10k keys vs SELECT 1" "$c" rl_check_10k rl_select1
+    rl_row "rate_limit_check hot key vs SELECT 1" "$c" rl_check_hot rl_select1
     rl_row "rate_limit 10k keys vs table bucket" "$c" rl_10k rl_table_10k
     rl_row "rate_limit hot key vs table bucket" "$c" rl_hot rl_table_hot
     rl_row "rate_limit hot key vs 10k keys" "$c" rl_hot rl_10k

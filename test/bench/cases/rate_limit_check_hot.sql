@@ -1,0 +1,1 @@
+SELECT apicore.rate_limit_check('bench', 'hot');
