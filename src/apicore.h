@@ -87,6 +87,7 @@ extern void ApicoreBecome(ApicoreIdentity *id, Oid role, int extra_sec_context);
 extern void ApicoreRestore(ApicoreIdentity *id);
 extern Oid	ApicoreRelationOwner(Oid relid);
 extern Oid	ApicoreOwner(void);
+extern Oid	ApicoreTableOid(const char *name);
 
 /* Capability entry points (one per file). */
 extern void WorkerInit(void);

@@ -79,20 +79,6 @@ CryptoInit(void)
 	CacheRegisterRelcacheCallback(KeyTableInvalidated, (Datum) 0);
 }
 
-static Oid
-KeyTableOid(void)
-{
-	Oid			nsp = get_namespace_oid("apicore", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid("cursor_key", nsp) : InvalidOid;
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("apicore: table apicore.cursor_key is missing"),
-				 errhint("Run CREATE EXTENSION apicore in this database.")));
-	return relid;
-}
-
 /*
  * Run one key query as the key table's owner, through ApicoreBecome:
  * security-restricted with search_path = pg_catalog, pg_temp, so nothing the
@@ -149,7 +135,7 @@ LoadKeys(void)
 	MemoryContext oldcxt;
 
 	ForgetKeys();
-	key_cache.table = KeyTableOid();
+	key_cache.table = ApicoreTableOid("cursor_key");
 	SPI_connect();
 	RunAsKeyOwner("SELECT key_id, key FROM apicore.cursor_key ORDER BY key_id",
 				  0, NULL, NULL);
@@ -196,7 +182,7 @@ InsertKey(const char *sql)
 	sodium_memzero(key, sizeof(key));
 	args[0] = PointerGetDatum(value);
 
-	key_cache.table = KeyTableOid();
+	key_cache.table = ApicoreTableOid("cursor_key");
 	SPI_connect();
 	RunAsKeyOwner(sql, 1, argtypes, args);
 	SPI_finish();
@@ -269,7 +255,7 @@ uint32
 CryptoRotateCursorKey(void)
 {
 	/* the lock orders concurrent rotations so each gets the next id */
-	key_cache.table = KeyTableOid();
+	key_cache.table = ApicoreTableOid("cursor_key");
 	SPI_connect();
 	RunAsKeyOwner("LOCK TABLE apicore.cursor_key IN SHARE ROW EXCLUSIVE MODE",
 				  0, NULL, NULL);
@@ -299,7 +285,7 @@ apicore_cursor_key_changed(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("apicore: _cursor_key_changed() was not called by the trigger manager"),
 				 errhint("It is the trigger of apicore.cursor_key; do not call it directly.")));
-	if (RelationGetRelid(trigger->tg_relation) != KeyTableOid())
+	if (RelationGetRelid(trigger->tg_relation) != ApicoreTableOid("cursor_key"))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("apicore: _cursor_key_changed() fired on \"%s\", not on apicore.cursor_key",

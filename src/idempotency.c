@@ -510,26 +510,11 @@ AddPending(text *scope, text *key, KeyRow *row)
 /* ---------- the key table: direct reads and inserts, SPI updates ---------- */
 
 /*
- * The key table.  Reads and inserts go straight to the heap with the
- * caller's identity (no privilege check applies there); the SPI update runs
- * as the table's owner through ApicoreBecome, so applications need EXECUTE on
- * the functions only, never rights on the table.
- */
-static Oid
-KeyTableOid(void)
-{
-	Oid			nsp = get_namespace_oid("apicore", true);
-	Oid			rel = OidIsValid(nsp) ? get_relname_relid("idempotency_key", nsp) : InvalidOid;
-
-	if (!OidIsValid(rel))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("apicore: table apicore.idempotency_key is missing"),
-				 errhint("Run CREATE EXTENSION apicore in this database.")));
-	return rel;
-}
-
-/*
+ * The key table (ApicoreTableOid("idempotency_key")).  Reads and inserts go
+ * straight to the heap with the caller's identity (no privilege check applies
+ * there); the SPI update runs as the table's owner through ApicoreBecome, so
+ * applications need EXECUTE on the functions only, never rights on the table.
+ *
  * Generic plans only: a custom plan would be planned again over every
  * partition on each call; the generic plan prunes to the row's partition
  * (expires_at = $14) at executor start.
@@ -801,7 +786,7 @@ ExpiredPartitions(PartitionDesc partitions, TimestampTz now)
 static bool
 FindRow(text *scope, text *key, TimestampTz now, KeyRow *row)
 {
-	Relation	parent = table_open(KeyTableOid(), AccessShareLock);
+	Relation	parent = table_open(ApicoreTableOid("idempotency_key"), AccessShareLock);
 	PartitionDesc partitions = RelationGetPartitionDesc(parent, true);
 	bool	   *expired = ExpiredPartitions(partitions, now);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
@@ -891,7 +876,7 @@ PartitionFor(Relation parent, TimestampTz at)
 static void
 InsertRow(text *scope, text *key, KeyRow *row)
 {
-	Relation	parent = table_open(KeyTableOid(), RowExclusiveLock);
+	Relation	parent = table_open(ApicoreTableOid("idempotency_key"), RowExclusiveLock);
 	Relation	heap = table_open(PartitionFor(parent, row->expires_at), RowExclusiveLock);
 	Relation	index = OpenScopeKeyIndex(heap, RowExclusiveLock);
 	Datum		values[NUM_KEY_COLUMNS];
@@ -929,7 +914,7 @@ UpdateRow(text *scope, text *key, KeyRow *row)
 	RowToValues(scope, key, row, values, nulls);
 	for (int i = 0; i < NUM_KEY_COLUMNS; i++)
 		spi_nulls[i] = nulls[i] ? 'n' : ' ';
-	ApicoreBecome(&id, ApicoreRelationOwner(KeyTableOid()), 0);
+	ApicoreBecome(&id, ApicoreRelationOwner(ApicoreTableOid("idempotency_key")), 0);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "apicore: SPI_connect failed");
 	rc = SPI_execute_snapshot(UpdatePlan(), values, spi_nulls, GetLatestSnapshot(),

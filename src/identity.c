@@ -1,8 +1,8 @@
 /*
  * identity.c — the one way apicore runs code as another role.
  *
- * Owns ApicoreBecome/ApicoreRestore and the owner lookups they are used
- * with.  It does what PostgreSQL does before maintaining a user's table
+ * Owns ApicoreBecome/ApicoreRestore and the lookups they are used with
+ * (apicore's tables, their owners).  It does what PostgreSQL does before maintaining a user's table
  * (ExecRefreshMatView, vacuum_rel, index_build): switch the current user with
  * SECURITY_RESTRICTED_OPERATION, so nothing the session prepared (temporary
  * objects, SET ROLE, cursors WITH HOLD) can be used as the other role, and
@@ -26,6 +26,7 @@
 #include "catalog/pg_namespace.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
 #include "apicore.h"
@@ -63,6 +64,24 @@ ApicoreRelationOwner(Oid relid)
 	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
 	ReleaseSysCache(tuple);
 	return owner;
+}
+
+/*
+ * The OID of apicore's table `name`, found without search_path; 55000 when
+ * it is missing (the extension is not installed, or not updated).
+ */
+Oid
+ApicoreTableOid(const char *name)
+{
+	Oid			nsp = get_namespace_oid("apicore", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apicore: table apicore.%s is missing", name),
+				 errhint("Run CREATE EXTENSION apicore (or ALTER EXTENSION apicore UPDATE) in this database.")));
+	return relid;
 }
 
 /*

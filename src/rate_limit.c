@@ -1275,21 +1275,6 @@ static const struct
 	{"burst", INT4OID}, {"algorithm", TEXTOID}, {"mode", TEXTOID}
 };
 
-/* apicore.rate_limit_policy's OID, resolved without search_path */
-static Oid
-RlPolicyRelid(void)
-{
-	Oid			nsp = get_namespace_oid("apicore", false);
-	Oid			relid = get_relname_relid("rate_limit_policy", nsp);
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("apicore: table apicore.rate_limit_policy is missing"),
-				 errhint("Reinstall the extension: DROP EXTENSION apicore; CREATE EXTENSION apicore.")));
-	return relid;
-}
-
 /* Attribute numbers of rl_policy_columns in rel; the types must match. */
 static void
 RlPolicyAttnums(Relation rel, AttrNumber *attnums)
@@ -1388,7 +1373,7 @@ RlLoadPolicies(void)
 		CacheRegisterRelcacheCallback(RlPolicyRelcacheCallback, (Datum) 0);
 		policy_callback_registered = true;
 	}
-	policy_relid = RlPolicyRelid();
+	policy_relid = ApicoreTableOid("rate_limit_policy");
 	rel = table_open(policy_relid, AccessShareLock);
 	invalidations = policy_invalidations;	/* after the lock: invals accepted */
 	RlPolicyAttnums(rel, attnums);

@@ -92,20 +92,6 @@ TenantInit(void)
 
 /* ---------- helpers ---------- */
 
-static Oid
-TenantTable(const char *name)
-{
-	Oid			nsp = get_namespace_oid("apicore", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("apicore: table apicore.%s is missing", name),
-				 errhint("Run CREATE EXTENSION apicore (or ALTER EXTENSION apicore UPDATE) in this database.")));
-	return relid;
-}
-
 /* Run one query as the owner of apicore table `table` (SPI connected). */
 static void
 RunAsTableOwner(const char *table, const char *sql, int nargs, Oid *types, Datum *values)
@@ -113,7 +99,7 @@ RunAsTableOwner(const char *table, const char *sql, int nargs, Oid *types, Datum
 	ApicoreIdentity id;
 	int			rc;
 
-	ApicoreBecome(&id, ApicoreRelationOwner(TenantTable(table)), 0);
+	ApicoreBecome(&id, ApicoreRelationOwner(ApicoreTableOid(table)), 0);
 	rc = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
 	ApicoreRestore(&id);
 	if (rc < 0)
@@ -205,7 +191,7 @@ static void
 LoadTenantKeys(void)
 {
 	ForgetTenantKeys();
-	key_cache.table = TenantTable("tenant_key");
+	key_cache.table = ApicoreTableOid("tenant_key");
 	SPI_connect();
 	RunAsTableOwner("tenant_key", "SELECT key_id, key FROM apicore.tenant_key ORDER BY key_id",
 					0, NULL, NULL);
@@ -268,7 +254,7 @@ apicore_tenant_key_changed(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("apicore: _tenant_key_changed() is a trigger function"),
 				 errhint("It belongs to the trigger on apicore.tenant_key.")));
-	CacheInvalidateRelcacheByRelid(TenantTable("tenant_key"));
+	CacheInvalidateRelcacheByRelid(ApicoreTableOid("tenant_key"));
 	return PointerGetDatum(NULL);
 }
 
@@ -475,7 +461,7 @@ apicore_tenant_role_set(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	/* every backend drops its cached tenant at commit */
-	CacheInvalidateRelcacheByRelid(TenantTable("tenant_role"));
+	CacheInvalidateRelcacheByRelid(ApicoreTableOid("tenant_role"));
 	PG_RETURN_VOID();
 }
 
@@ -489,7 +475,7 @@ LoadRoleTenant(Oid role)
 	if (role_cache.tenant)
 		pfree(role_cache.tenant);
 	role_cache.tenant = NULL;
-	role_cache.table = TenantTable("tenant_role");
+	role_cache.table = ApicoreTableOid("tenant_role");
 	role_cache.role = role;
 	/* valid first: an invalidation that arrives while reading marks it stale again */
 	role_cache.valid = true;

@@ -181,20 +181,6 @@ WorkerShmemStartup(void)
 
 /* ---------- the task list, shared by the worker and run_maintenance() ---------- */
 
-static Oid
-TaskTableOid(void)
-{
-	Oid			nsp = get_namespace_oid("apicore", true);
-	Oid			rel = OidIsValid(nsp) ? get_relname_relid("maintenance_task", nsp) : InvalidOid;
-
-	if (!OidIsValid(rel))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("apicore: table apicore.maintenance_task is missing"),
-				 errhint("Run CREATE EXTENSION apicore in this database.")));
-	return rel;
-}
-
 /*
  * Read apicore.maintenance_task as its owner (search_path = pg_catalog,
  * pg_temp: the worker's session would find objects in public); the list is
@@ -207,7 +193,7 @@ MaintenanceTaskList(MemoryContext cxt)
 	List	   *tasks = NIL;
 	ApicoreIdentity id;
 
-	ApicoreBecome(&id, ApicoreRelationOwner(TaskTableOid()), 0);
+	ApicoreBecome(&id, ApicoreRelationOwner(ApicoreTableOid("maintenance_task")), 0);
 	SPI_connect();
 	if (SPI_execute("SELECT t.task, t.function::pg_catalog.oid FROM apicore.maintenance_task t "
 					"ORDER BY t.run_order, t.task", true, 0) != SPI_OK_SELECT)
