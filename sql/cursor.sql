@@ -142,6 +142,10 @@ SELECT sqlstate_of(format('SELECT * FROM apicore.cursor_decode(%L) AS c(t timest
                ('newline', :'c' || E'\n'),
                ('random base64url', translate(rtrim(encode(decode(md5('x') || md5('y') || md5('z'), 'hex'), 'base64'), '='), '+/', '-_')),
                ('hex', encode(decode(md5('x'), 'hex'), 'hex'))) v(label, input);
+-- a key id padded to a longer varint than 32 bits need (found by cursor_fuzz:
+-- it overran the associated-data buffer before the seal was checked)
+SELECT sqlstate_of(format('SELECT * FROM apicore.cursor_decode(%L) AS c(t timestamptz, i bigint)',
+                          'f9uuuuu' || repeat('A', 120) || 'uuuuuuAA')) AS padded_key_id;
 
 -- expiry: a cursor with a ttl decodes until it expires, then raises 24000
 SELECT apicore.cursor_encode(ROW(1), 'orders', '1 hour') AS fresh,

@@ -164,7 +164,13 @@ cursor_header_parse(const uint8_t *bin, size_t len, CursorHeader *h)
 	{
 		size_t		n = cursor_varint_get(bin + 1, len - 1, &key_id);
 
-		if (n == 0 || key_id > UINT32_MAX || key_id <= CURSOR_KEY_INLINE_MAX)
+		/*
+		 * A 32-bit key id takes at most 5 varint bytes; a longer (padded)
+		 * encoding would overrun the associated-data buffer sized for
+		 * CURSOR_MAX_HEADER (found by cursor_fuzz).
+		 */
+		if (n == 0 || n > CURSOR_MAX_HEADER - 1 ||
+			key_id > UINT32_MAX || key_id <= CURSOR_KEY_INLINE_MAX)
 			return CURSOR_BAD_HEADER;
 		h->key_id = (uint32_t) key_id;
 		h->len += n;

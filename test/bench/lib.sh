@@ -17,7 +17,7 @@ BENCH_CLIENTS="${BENCH_CLIENTS:-1 8 32}"
 [ -z "$BENCH_CLIENTS" ] && BENCH_CLIENTS="1 8 32"
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BENCH_ROOT="$(cd "$BENCH_DIR/../.." && pwd)"
-BENCH_BIN="$BENCH_ROOT/tmp_check/sandbox$(pg_config --bindir)"
+BENCH_BIN="$BENCH_ROOT/tmp_check/sandbox$("${PG_CONFIG:-pg_config}" --bindir)"
 BENCH_OUT="$BENCH_ROOT/tmp_check/bench"
 BENCH_PORT="${BENCH_PORT:-55432}"
 export PGHOST="$BENCH_OUT" PGPORT="$BENCH_PORT" PGDATABASE=bench
