@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "nodes/parsenodes.h"
 #include "utils/hsearch.h"
 
 #include "compat.h"
@@ -105,6 +106,8 @@ extern void SagaInit(void);
 extern void SagaShmemRequest(void);
 extern void SagaShmemStartup(void);
 extern void SoftDeleteInit(void);
+extern AttrNumber SoftDeleteColumnOf(Oid relid);
+extern void SoftDeleteInferArbiter(Query *query);
 extern void TenantInit(void);
 
 #endif							/* APICORE_H */

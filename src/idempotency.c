@@ -67,6 +67,7 @@
 #include "utils/timestamp.h"
 
 #include "apicore.h"
+#include "direct.h"
 
 #define KEY_MAX_CHARS 255
 #define FINGERPRINT_LEN 32		/* BLAKE2b-256 */
@@ -145,6 +146,7 @@ static IdempotencyCounters *counters = NULL;
 
 /* SPI plans, prepared once per backend. */
 static SPIPlanPtr update_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
 
 PG_FUNCTION_INFO_V1(apicore_idempotency_begin);
 PG_FUNCTION_INFO_V1(apicore_idempotency_checkpoint);
@@ -684,29 +686,60 @@ DamagedPartition(Relation heap, const char *what)
 			 errhint("Partitions are made by apicore.run_maintenance(); drop this one as apicore's owner.")));
 }
 
+/* The columns of apicore.idempotency_key, in table order (enum KeyColumn). */
+static const DirectColumn key_columns[NUM_KEY_COLUMNS] = {
+	{"scope", TEXTOID}, {"key", TEXTOID}, {"state", TEXTOID}, {"attempt", INT4OID},
+	{"fingerprint", BYTEAOID}, {"recovery_point", TEXTOID}, {"lease", INTERVALOID},
+	{"lease_expires_at", TIMESTAMPTZOID}, {"response_code", INT4OID},
+	{"response_body", TEXTOID}, {"response_headers", JSONBOID},
+	{"created_at", TIMESTAMPTZOID}, {"updated_at", TIMESTAMPTZOID},
+	{"expires_at", TIMESTAMPTZOID}
+};
+
+static const DirectShape key_shape = {"idempotency_key", key_columns, NUM_KEY_COLUMNS, true};
+
+/* A btree on exactly (scope, key), no expression, no predicate. */
+static bool
+IsScopeKeyIndex(Relation index)
+{
+	return index->rd_rel->relam == BTREE_AM_OID && index->rd_index->indnkeyatts == 2 &&
+		index->rd_index->indkey.values[0] == COL_SCOPE &&
+		index->rd_index->indkey.values[1] == COL_KEY &&
+		RelationGetIndexExpressions(index) == NIL && RelationGetIndexPredicate(index) == NIL;
+}
+
 /*
- * The partition's (scope, key) index, opened: maintenance gives a partition
- * exactly this one btree index, which the direct scans and inserts rely on
- * (an insert maintains no other index).
+ * The partition's (scope, key) index, opened: maintenance gives every
+ * partition one, which the direct scans rely on.  Other indexes (a DBA's)
+ * are allowed; inserts maintain them all (InsertRow).  A scan reads columns
+ * by position, so the partition must have the key table's columns in order.
  */
 static Relation
 OpenScopeKeyIndex(Relation heap, LOCKMODE mode)
 {
 	List	   *indexes = RelationGetIndexList(heap);
-	Relation	index;
+	const int  *offsets = DirectColumns(heap, &key_shape);
+	Relation	found = NULL;
+	ListCell   *lc;
 
-	if (RelationGetDescr(heap)->natts != NUM_KEY_COLUMNS)
+	for (int c = 0; offsets != NULL && c < NUM_KEY_COLUMNS; c++)
+		if (offsets[c] != c)
+			offsets = NULL;
+	if (offsets == NULL)
 		DamagedPartition(heap, "does not have the columns of apicore.idempotency_key");
-	if (list_length(indexes) != 1)
-		DamagedPartition(heap, "must have exactly one index, on (scope, key)");
-	index = index_open(linitial_oid(indexes), mode);
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), mode);
+
+		if (found == NULL && IsScopeKeyIndex(index))
+			found = index;
+		else
+			index_close(index, mode);
+	}
 	list_free(indexes);
-	if (index->rd_rel->relam != BTREE_AM_OID || index->rd_index->indnkeyatts != 2 ||
-		index->rd_index->indkey.values[0] != COL_SCOPE ||
-		index->rd_index->indkey.values[1] != COL_KEY ||
-		RelationGetIndexExpressions(index) != NIL || RelationGetIndexPredicate(index) != NIL)
-		DamagedPartition(heap, "has an index other than a btree on (scope, key)");
-	return index;
+	if (found == NULL)
+		DamagedPartition(heap, "has no btree index on (scope, key)");
+	return found;
 }
 
 /* Look for the key's unexpired row in one partition. */
@@ -866,30 +899,67 @@ PartitionFor(Relation parent, TimestampTz at)
 	return partitions->oids[index];
 }
 
+static SPIPlanPtr
+InsertPlan(void)
+{
+	if (insert_plan == NULL)
+		insert_plan = PreparePlan("INSERT INTO apicore.idempotency_key VALUES"
+								  " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+								  lengthof(row_types), row_types);
+	return insert_plan;
+}
+
+/* The SQL insert, as the key table's owner (see UpdateRow). */
+static void
+InsertRowSql(Oid owner, Datum *values, bool *nulls)
+{
+	char		spi_nulls[NUM_KEY_COLUMNS];
+	ApicoreIdentity id;
+	int			rc;
+
+	/* at pre-commit no statement is running, and SPI needs an outer snapshot */
+	bool		pushed = !ActiveSnapshotSet();
+
+	for (int i = 0; i < NUM_KEY_COLUMNS; i++)
+		spi_nulls[i] = nulls[i] ? 'n' : ' ';
+	if (pushed)
+		PushActiveSnapshot(GetTransactionSnapshot());
+	ApicoreBecome(&id, owner, 0);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "apicore: SPI_connect failed");
+	rc = SPI_execute_plan(InsertPlan(), values, spi_nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "apicore: idempotency key insert failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+	ApicoreRestore(&id);
+	if (pushed)
+		PopActiveSnapshot();
+}
+
 /*
- * Insert a row straight into its partition and the partition's (scope, key)
- * index: this is the one write of a key in the one-transaction mode, and the
- * executor's per-statement tuple-routing set-up would cost more than the
- * write.  The table has no triggers, and the values are valid by
- * construction (state, partition bounds).
+ * Insert a row, the one write of a key in the one-transaction mode: straight
+ * into its partition (src/direct.c: every index, constraints checked), since
+ * the executor's per-statement tuple-routing set-up would cost more than the
+ * write; through SQL as the table's owner when a direct write would not
+ * behave as the INSERT (a trigger, row-level security, a changed table).
+ * Privileges and policies of a routed INSERT are the parent's; row
+ * triggers and columns are the partition's.
  */
 static void
 InsertRow(text *scope, text *key, KeyRow *row)
 {
 	Relation	parent = table_open(ApicoreTableOid("idempotency_key"), RowExclusiveLock);
 	Relation	heap = table_open(PartitionFor(parent, row->expires_at), RowExclusiveLock);
-	Relation	index = OpenScopeKeyIndex(heap, RowExclusiveLock);
+	Oid			owner = ApicoreRelationOwner(RelationGetRelid(parent));
 	Datum		values[NUM_KEY_COLUMNS];
 	bool		nulls[NUM_KEY_COLUMNS];
-	HeapTuple	tuple;
 
 	RowToValues(scope, key, row, values, nulls);
-	tuple = heap_form_tuple(RelationGetDescr(heap), values, nulls);
-	simple_heap_insert(heap, tuple);
-	index_insert(index, values, nulls, &tuple->t_self, heap, UNIQUE_CHECK_NO,
-				 false, BuildIndexInfo(index));
-	heap_freetuple(tuple);
-	index_close(index, NoLock);
+	if (DirectApplies(parent, &key_shape, owner, ACL_INSERT, DIRECT_INSERT) &&
+		DirectApplies(heap, &key_shape, owner, 0, DIRECT_INSERT))
+		DirectInsertValues(heap, DirectColumns(heap, &key_shape), NUM_KEY_COLUMNS, values, nulls);
+	else
+		InsertRowSql(owner, values, nulls);
 	table_close(heap, NoLock);
 	table_close(parent, NoLock);
 	/* later lookups in this transaction must see the row */
@@ -974,15 +1044,22 @@ RestartRow(KeyRow *row, TimestampTz now, Interval *lease,
 	row->updated_at = now;
 }
 
+/*
+ * A key in flight is a conflict whatever the payload: in the one-transaction
+ * mode its row is not visible yet (only its lock is), so the payload cannot
+ * be compared there, and both modes must answer alike.  The IETF draft says
+ * the same: a retry while the original is processed gets 409; a finished or
+ * abandoned key reused with another payload gets 422 (mismatch).
+ */
 static Outcome
 DecideOnRow(KeyRow *row, TimestampTz now, bool has_fingerprint, uint8 *fingerprint)
 {
+	if (row->state == KEY_RUNNING && row->lease_expires_at > now)
+		return OUTCOME_CONFLICT;
 	if (row->state != KEY_RELEASED && FingerprintMismatch(row, has_fingerprint, fingerprint))
 		return OUTCOME_MISMATCH;
 	if (row->state == KEY_COMPLETED)
 		return OUTCOME_REPLAY;
-	if (row->state == KEY_RUNNING && row->lease_expires_at > now)
-		return OUTCOME_CONFLICT;
 	return row->state == KEY_RUNNING ? OUTCOME_TAKEOVER : OUTCOME_PROCEED;
 }
 

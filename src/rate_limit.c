@@ -1860,6 +1860,8 @@ apicore_rate_limit_headers(PG_FUNCTION_ARGS)
 	RlPolicy   *policy = NULL;
 	int64		quota;
 	int64		window = -1;
+	bool		allowed;
+	int64		until;
 	StringInfoData item, value, json;
 
 	if (PG_ARGISNULL(0))
@@ -1885,16 +1887,23 @@ apicore_rate_limit_headers(PG_FUNCTION_ARGS)
 	if (window >= 0)
 		appendStringInfo(&value, ";w=" INT64_FORMAT, window);
 	RlAppendHeader(&json, "RateLimit-Policy", &value);
+	/*
+	 * Allowed: t is when the quota is whole again (reset_after).  Rejected:
+	 * t is when it is available again, the same point as Retry-After (draft
+	 * -09: "SHOULD be the same"; -10: Retry-After not earlier than t).  Both
+	 * are delay-seconds rounded up: a client that waits this long is allowed.
+	 */
+	allowed = DatumGetBool(RlResultField(r, 1, "allowed"));
+	until = allowed ? RlResultSeconds(r, 5, "reset_after", 0) :
+		RlResultSeconds(r, 4, "retry_after", 1);
 	resetStringInfo(&value);
 	appendStringInfo(&value, "%s;r=%d;t=" INT64_FORMAT, item.data,
-					 Max(DatumGetInt32(RlResultField(r, 3, "remaining")), 0),
-					 RlResultSeconds(r, 5, "reset_after", 0));
+					 Max(DatumGetInt32(RlResultField(r, 3, "remaining")), 0), until);
 	RlAppendHeader(&json, "RateLimit", &value);
-	if (!DatumGetBool(RlResultField(r, 1, "allowed")))
+	if (!allowed)
 	{
-		/* delay-seconds, rounded up: a client that waits this long is allowed */
 		resetStringInfo(&value);
-		appendStringInfo(&value, INT64_FORMAT, RlResultSeconds(r, 4, "retry_after", 1));
+		appendStringInfo(&value, INT64_FORMAT, until);
 		RlAppendHeader(&json, "Retry-After", &value);
 	}
 	appendStringInfoChar(&json, '}');

@@ -68,6 +68,7 @@
 #include "utils/uuid.h"
 
 #include "apicore.h"
+#include "direct.h"
 
 #define MAX_STEPS 100
 #define MAX_NAME_LEN 200
@@ -1430,12 +1431,18 @@ typedef enum StepColumn
 	SC_UPDATED_AT, SC_CLAIM_ID, SC_CLAIMED_AT, NUM_STEP_COLUMNS
 } StepColumn;
 
-static const char *const step_columns[NUM_STEP_COLUMNS] = {
-	"saga", "position", "direction", "step", "action", "definition", "function",
-	"state", "attempt", "max_attempts", "timeout", "backoff", "max_backoff",
-	"run_after", "lease_expires_at", "worker", "last_error", "output", "created_at",
-	"updated_at", "claim_id", "claimed_at"
+static const DirectColumn step_columns[NUM_STEP_COLUMNS] = {
+	{"saga", UUIDOID}, {"position", INT4OID}, {"direction", TEXTOID}, {"step", TEXTOID},
+	{"action", TEXTOID}, {"definition", TEXTOID}, {"function", REGPROCEDUREOID},
+	{"state", TEXTOID}, {"attempt", INT4OID}, {"max_attempts", INT4OID},
+	{"timeout", INTERVALOID}, {"backoff", INTERVALOID}, {"max_backoff", INTERVALOID},
+	{"run_after", TIMESTAMPTZOID}, {"lease_expires_at", TIMESTAMPTZOID}, {"worker", TEXTOID},
+	{"last_error", TEXTOID}, {"output", JSONBOID}, {"created_at", TIMESTAMPTZOID},
+	{"updated_at", TIMESTAMPTZOID}, {"claim_id", INT8OID}, {"claimed_at", TIMESTAMPTZOID}
 };
+
+/* a direct insert fills every column: the table has no other */
+static const DirectShape step_shape = {"saga_step", step_columns, NUM_STEP_COLUMNS, true};
 
 typedef enum SagaColumn
 {
@@ -1443,19 +1450,25 @@ typedef enum SagaColumn
 	GC_CANCEL_REASON, GC_UPDATED_AT, NUM_SAGA_COLUMNS
 } SagaColumn;
 
-static const char *const saga_columns[NUM_SAGA_COLUMNS] = {
-	"id", "definition", "version", "state", "position", "direction", "payload",
-	"cancel_reason", "updated_at"
+static const DirectColumn saga_columns[NUM_SAGA_COLUMNS] = {
+	{"id", UUIDOID}, {"definition", TEXTOID}, {"version", INT4OID}, {"state", TEXTOID},
+	{"position", INT4OID}, {"direction", TEXTOID}, {"payload", JSONBOID},
+	{"cancel_reason", TEXTOID}, {"updated_at", TIMESTAMPTZOID}
 };
+
+static const DirectShape saga_shape = {"saga", saga_columns, NUM_SAGA_COLUMNS, false};
 
 typedef enum DefColumn
 {
 	DC_NAME, DC_FUNCTION, DC_TIMEOUT, DC_MAX_ATTEMPTS, DC_BACKOFF, DC_MAX_BACKOFF, NUM_DEF_COLUMNS
 } DefColumn;
 
-static const char *const def_columns[NUM_DEF_COLUMNS] = {
-	"name", "function", "timeout", "max_attempts", "backoff", "max_backoff"
+static const DirectColumn def_columns[NUM_DEF_COLUMNS] = {
+	{"name", TEXTOID}, {"function", REGPROCEDUREOID}, {"timeout", INTERVALOID},
+	{"max_attempts", INT4OID}, {"backoff", INTERVALOID}, {"max_backoff", INTERVALOID}
 };
+
+static const DirectShape def_shape = {"saga_definition_step", def_columns, NUM_DEF_COLUMNS, false};
 
 typedef enum LogColumn
 {
@@ -1463,10 +1476,14 @@ typedef enum LogColumn
 	LC_REASON, LC_AT, LC_NEXT_STEP, LC_CLAIM_ID, LC_CLAIMED_AT, LC_CLAIMED_BY, NUM_LOG_COLUMNS
 } LogColumn;
 
-static const char *const log_columns[NUM_LOG_COLUMNS] = {
-	"id", "saga", "step", "direction", "attempt", "from_state", "to_state", "actor",
-	"reason", "at", "next_step", "claim_id", "claimed_at", "claimed_by"
+static const DirectColumn log_columns[NUM_LOG_COLUMNS] = {
+	{"id", INT8OID}, {"saga", UUIDOID}, {"step", TEXTOID}, {"direction", TEXTOID},
+	{"attempt", INT4OID}, {"from_state", TEXTOID}, {"to_state", TEXTOID}, {"actor", TEXTOID},
+	{"reason", TEXTOID}, {"at", TIMESTAMPTZOID}, {"next_step", TEXTOID},
+	{"claim_id", INT8OID}, {"claimed_at", TIMESTAMPTZOID}, {"claimed_by", TEXTOID}
 };
+
+static const DirectShape log_shape = {"saga_transition", log_columns, NUM_LOG_COLUMNS, true};
 
 /*
  * The saga tables, their indexes and the 0-based offsets of their columns:
@@ -1503,24 +1520,17 @@ DirectTablesInvalidate(Datum arg, Oid relid)
 		direct.resolved = false;
 }
 
-/*
- * Find `names` in table `relid` into `offsets`.  `all`: the table must have
- * no other column either (a direct insert fills every column).
- */
+/* `shape`'s column offsets in table `relid` into `offsets`; false: not that shape. */
 static bool
-FindColumns(Oid relid, const char *const *names, int n, int *offsets, bool all)
+FindColumns(Oid relid, const DirectShape *shape, int *offsets)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
-	TupleDesc	desc = RelationGetDescr(rel);
-	int			live = 0;
-	bool		found = true;
+	const int  *found = DirectColumns(rel, shape);
 
-	for (int i = 0; i < desc->natts; i++)
-		live += TupleDescAttr(desc, i)->attisdropped ? 0 : 1;
-	for (int c = 0; c < n; c++)
-		found &= (offsets[c] = get_attnum(relid, names[c]) - 1) >= 0;
+	if (found != NULL)
+		memcpy(offsets, found, sizeof(int) * shape->ncolumns);
 	table_close(rel, AccessShareLock);
-	return found && (!all || live == n);
+	return found != NULL;
 }
 
 static void
@@ -1551,26 +1561,19 @@ ResolveDirectTables(void)
 		OidIsValid(direct.step_runnable) && OidIsValid(direct.def_step) &&
 		OidIsValid(direct.def_step_pkey) && OidIsValid(direct.log) &&
 		OidIsValid(direct.log_sequence) &&
-		FindColumns(direct.step, step_columns, NUM_STEP_COLUMNS, direct.step_col, true) &&
-		FindColumns(direct.saga, saga_columns, NUM_SAGA_COLUMNS, direct.saga_col, false) &&
-		FindColumns(direct.def_step, def_columns, NUM_DEF_COLUMNS, direct.def_col, false) &&
-		FindColumns(direct.log, log_columns, NUM_LOG_COLUMNS, direct.log_col, true);
+		FindColumns(direct.step, &step_shape, direct.step_col) &&
+		FindColumns(direct.saga, &saga_shape, direct.saga_col) &&
+		FindColumns(direct.def_step, &def_shape, direct.def_col) &&
+		FindColumns(direct.log, &log_shape, direct.log_col);
 }
 
 /*
- * The current user (apicore's owner, under SagaEnter) may do `mode` on `rel`
- * as SQL would, with no row-level security.
+ * The direct paths may run in this transaction, for this role, as far as
+ * the tables they only read are concerned; each written table is checked
+ * when opened (OpenDirect).
  */
 static bool
-MayDirectly(Oid rel, AclMode mode)
-{
-	return pg_class_aclmask(rel, GetUserId(), mode, ACLMASK_ALL) == mode &&
-		check_enable_rls(rel, InvalidOid, true) != RLS_ENABLED;
-}
-
-/* The direct paths apply in this transaction, for this role. */
-static bool
-DirectApplies(bool report)
+SagaDirectApplies(bool report)
 {
 	/* read-only transactions and standbys: the executor raises 25006 */
 	if (XactReadOnly || IsInParallelMode())
@@ -1580,177 +1583,24 @@ DirectApplies(bool report)
 	if (!direct.usable)
 		return false;
 	if (!report)
-		return MayDirectly(direct.step, ACL_SELECT | ACL_UPDATE) && MayDirectly(direct.saga, ACL_SELECT);
-	return MayDirectly(direct.step, ACL_SELECT | ACL_UPDATE | ACL_INSERT) &&
-		MayDirectly(direct.saga, ACL_SELECT | ACL_UPDATE) &&
-		MayDirectly(direct.def_step, ACL_SELECT) && MayDirectly(direct.log, ACL_INSERT);
+		return DirectMay(direct.saga, GetUserId(), ACL_SELECT);
+	return DirectMay(direct.def_step, GetUserId(), ACL_SELECT);
 }
 
 /*
- * A table opened for the direct paths to insert into (and update, when
- * `updates`); *ok = false when a BEFORE ROW trigger of those would run, or
- * when a saga table changed since DirectApplies (open the tables only read
+ * A table opened for a direct path to write `events` to, needing `mode`;
+ * *ok = false when src/direct.c says the SQL must run instead, or when a
+ * saga table changed since SagaDirectApplies (open the tables only read
  * before the written ones, so that this sees their invalidations too).
  */
 static Relation
-OpenDirect(Oid relid, bool updates, bool *ok)
+OpenDirect(Oid relid, const DirectShape *shape, AclMode mode, int events, bool *ok)
 {
 	Relation	rel = table_open(relid, RowExclusiveLock);
-	TriggerDesc *triggers = rel->trigdesc;
 
-	if (triggers && (triggers->trig_insert_before_row || (updates && triggers->trig_update_before_row)))
-		*ok = false;
-	if (!direct.resolved)
+	if (!DirectApplies(rel, shape, GetUserId(), mode, events) || !direct.resolved)
 		*ok = false;
 	return rel;
-}
-
-/* As a statement of its own: it sees what this transaction did before. */
-static Snapshot
-BeginDirect(void)
-{
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	return GetActiveSnapshot();
-}
-
-static void
-EndDirect(void)
-{
-	PopActiveSnapshot();
-	CommandCounterIncrement();
-}
-
-/*
- * The executor state ExecSimpleRelation* need for writing `rels`, with
- * their indexes open and AFTER triggers collected (the foreign key of saga).
- */
-static EState *
-BeginDirectWrite(Relation *rels, int n, ResultRelInfo **rris, Snapshot snapshot)
-{
-	EState	   *estate = CreateExecutorState();
-	List	   *range_table = NIL;
-
-	for (int i = 0; i < n; i++)
-	{
-		RangeTblEntry *rte = makeNode(RangeTblEntry);
-
-		rte->rtekind = RTE_RELATION;
-		rte->relid = RelationGetRelid(rels[i]);
-		rte->relkind = RELKIND_RELATION;
-		rte->rellockmode = RowExclusiveLock;
-		range_table = lappend(range_table, rte);
-	}
-	ApicoreInitRangeTable(estate, range_table);
-	for (int i = 0; i < n; i++)
-	{
-		rris[i] = makeNode(ResultRelInfo);
-		InitResultRelInfo(rris[i], rels[i], i + 1, NULL, 0);
-		ExecOpenIndices(rris[i], false);
-	}
-	estate->es_output_cid = GetCurrentCommandId(true);
-	estate->es_snapshot = snapshot;
-	AfterTriggerBeginQuery();
-	return estate;
-}
-
-static void
-EndDirectWrite(EState *estate, ResultRelInfo **rris, int n)
-{
-	AfterTriggerEndQuery(estate);
-	for (int i = 0; i < n; i++)
-		ExecCloseIndices(rris[i]);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
-}
-
-static bool
-TextEquals(Datum value, const char *expected)
-{
-	text	   *t = DatumGetTextPP(value);
-
-	return VARSIZE_ANY_EXHDR(t) == strlen(expected) &&
-		memcmp(VARDATA_ANY(t), expected, VARSIZE_ANY_EXHDR(t)) == 0;
-}
-
-/*
- * Lock the row in `slot` (found by `snapshot`) as UPDATE or FOR UPDATE
- * would, following it to its latest version in READ COMMITTED.  TM_Ok with
- * the latest version in `slot`, or the failure (never TM_Updated in READ
- * COMMITTED; an error in REPEATABLE READ, as the executor raises).
- */
-static TM_Result
-LockRow(Relation rel, Snapshot snapshot, TupleTableSlot *slot, LockTupleMode mode,
-		LockWaitPolicy wait, bool *traversed)
-{
-	TM_FailureData tmfd;
-	TM_Result	result;
-	int			flags = TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS |
-		(IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION);
-
-	result = table_tuple_lock(rel, &slot->tts_tid, snapshot, slot, GetCurrentCommandId(false),
-							  mode, wait, flags, &tmfd);
-	if (result == TM_Updated && IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not serialize access due to concurrent update")));
-	if (result == TM_Invisible)
-		elog(ERROR, "apicore: attempted to lock an invisible saga row");
-	*traversed = tmfd.traversed;
-	if (result == TM_Ok)
-		slot_getallattrs(slot);	/* the lock stored the row afresh */
-	return result;
-}
-
-/* Scan `index` of `rel` for rows whose leading key columns equal `values`. */
-static IndexScanDesc
-BeginKeyScan(Relation rel, Relation index, Snapshot snapshot, int nkeys, const Oid *procs,
-			 const Datum *values, ScanKeyData *keys)
-{
-	IndexScanDesc scan = ApicoreIndexBeginscan(rel, index, snapshot, nkeys, 0);
-
-	for (int k = 0; k < nkeys; k++)
-	{
-		ScanKeyInit(&keys[k], k + 1, BTEqualStrategyNumber, procs[k], values[k]);
-		keys[k].sk_collation = index->rd_indcollation[k];
-	}
-	index_rescan(scan, keys, nkeys, NULL, 0);
-	return scan;
-}
-
-/* The row of `rel` whose primary key `index` is `values`, into `slot`. */
-static bool
-FetchByKey(Relation rel, Oid index_oid, Snapshot snapshot, int nkeys, const Oid *procs,
-		   const Datum *values, TupleTableSlot *slot)
-{
-	Relation	index = index_open(index_oid, AccessShareLock);
-	ScanKeyData keys[3];
-	IndexScanDesc scan = BeginKeyScan(rel, index, snapshot, nkeys, procs, values, keys);
-	bool		found = index_getnext_slot(scan, ForwardScanDirection, slot);
-
-	if (found)
-		slot_getallattrs(slot);
-	index_endscan(scan);
-	index_close(index, NoLock);
-	return found;
-}
-
-/* A copy of `from` in the virtual slot `to`, to be changed and written. */
-static void
-CopyValues(TupleTableSlot *to, TupleTableSlot *from)
-{
-	int			natts = from->tts_tupleDescriptor->natts;
-
-	ExecClearTuple(to);
-	memcpy(to->tts_values, from->tts_values, sizeof(Datum) * natts);
-	memcpy(to->tts_isnull, from->tts_isnull, sizeof(bool) * natts);
-}
-
-static void
-SetValue(TupleTableSlot *slot, int offset, Datum value, bool isnull)
-{
-	slot->tts_values[offset] = value;
-	slot->tts_isnull[offset] = isnull;
 }
 
 /* ----- the direct claim ----- */
@@ -1787,7 +1637,7 @@ Claimable(TupleTableSlot *slot, const ClaimScope *scope)
 	TimestampTz run_after;
 
 	slot_getallattrs(slot);
-	if (null[col[SC_STATE]] || !TextEquals(v[col[SC_STATE]], "runnable") ||
+	if (null[col[SC_STATE]] || !DirectTextEquals(v[col[SC_STATE]], "runnable") ||
 		!null[col[SC_FUNCTION]] || null[col[SC_RUN_AFTER]])
 		return false;
 	run_after = DatumGetTimestampTz(v[col[SC_RUN_AFTER]]);
@@ -1822,7 +1672,7 @@ LockOldestClaimable(Relation step, Snapshot snapshot, ArrayType *filter, Timesta
 
 		/* not TM_Ok (locked by another claim, gone): skip it */
 		if (Claimable(slot, &scope) &&
-			LockRow(step, snapshot, slot, LockTupleExclusive, LockWaitSkip, &traversed) == TM_Ok)
+			DirectLockRow(step, snapshot, slot, LockTupleExclusive, LockWaitSkip, &traversed) == TM_Ok)
 			locked = !traversed || Claimable(slot, &scope);
 	}
 	index_endscan(scan);
@@ -1837,15 +1687,15 @@ StoreClaimedVersion(TupleTableSlot *old, TupleTableSlot *claimed, const char *wo
 	const int  *col = direct.step_col;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
-	CopyValues(claimed, old);
-	SetValue(claimed, col[SC_STATE], CStringGetTextDatum("claimed"), false);
-	SetValue(claimed, col[SC_ATTEMPT], Int32GetDatum(DatumGetInt32(old->tts_values[col[SC_ATTEMPT]]) + 1), false);
-	SetValue(claimed, col[SC_WORKER], CStringGetTextDatum(worker), false);
-	SetValue(claimed, col[SC_LEASE], DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now),
+	DirectCopyValues(claimed, old);
+	DirectSetValue(claimed, col[SC_STATE], CStringGetTextDatum("claimed"), false);
+	DirectSetValue(claimed, col[SC_ATTEMPT], Int32GetDatum(DatumGetInt32(old->tts_values[col[SC_ATTEMPT]]) + 1), false);
+	DirectSetValue(claimed, col[SC_WORKER], CStringGetTextDatum(worker), false);
+	DirectSetValue(claimed, col[SC_LEASE], DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now),
 														 old->tts_values[col[SC_TIMEOUT]]), false);
-	SetValue(claimed, col[SC_UPDATED_AT], TimestampTzGetDatum(now), false);
-	SetValue(claimed, col[SC_CLAIM_ID], Int64GetDatum(nextval_internal(direct.log_sequence, true)), false);
-	SetValue(claimed, col[SC_CLAIMED_AT], TimestampTzGetDatum(GetCurrentTimestamp()), false);
+	DirectSetValue(claimed, col[SC_UPDATED_AT], TimestampTzGetDatum(now), false);
+	DirectSetValue(claimed, col[SC_CLAIM_ID], Int64GetDatum(nextval_internal(direct.log_sequence, true)), false);
+	DirectSetValue(claimed, col[SC_CLAIMED_AT], TimestampTzGetDatum(GetCurrentTimestamp()), false);
 	ExecStoreVirtualTuple(claimed);
 }
 
@@ -1858,7 +1708,7 @@ SagaOutputs(Relation step, Snapshot snapshot, Datum saga)
 	Relation	index = index_open(direct.step_pkey, AccessShareLock);
 	TupleTableSlot *slot = table_slot_create(step, NULL);
 	ScanKeyData key;
-	IndexScanDesc scan = BeginKeyScan(step, index, snapshot, 1, procs, &saga, &key);
+	IndexScanDesc scan = DirectKeyScan(step, index, snapshot, 1, procs, &saga, &key);
 	JsonbParseState *state = NULL;
 	JsonbValue *result;
 
@@ -1869,8 +1719,8 @@ SagaOutputs(Relation step, Snapshot snapshot, Datum saga)
 		JsonbValue	output;
 
 		slot_getallattrs(slot);
-		if (!TextEquals(slot->tts_values[col[SC_DIRECTION]], "forward") ||
-			!TextEquals(slot->tts_values[col[SC_STATE]], "succeeded"))
+		if (!DirectTextEquals(slot->tts_values[col[SC_DIRECTION]], "forward") ||
+			!DirectTextEquals(slot->tts_values[col[SC_STATE]], "succeeded"))
 			continue;
 		name.type = jbvString;
 		name.val.string.val = TextDatumGetCString(slot->tts_values[col[SC_STEP]]);
@@ -1907,7 +1757,7 @@ PutClaimRow(Relation step, Relation saga, Snapshot snapshot, TupleTableSlot *cla
 	bool		nulls[CLAIM_RESULT_COLUMNS] = {0};
 
 	/* CLAIM_ONE_SQL joins the saga: a step without one is not claimed */
-	if (!FetchByKey(saga, direct.saga_pkey, snapshot, 1, procs, &v[col[SC_SAGA]], saga_row))
+	if (!DirectFetchByKey(saga, direct.saga_pkey, snapshot, 1, procs, &v[col[SC_SAGA]], saga_row))
 		elog(ERROR, "apicore: a claimable step belongs to no saga");
 	row[0] = v[col[SC_SAGA]];
 	row[1] = saga_row->tts_values[direct.saga_col[GC_DEFINITION]];
@@ -1944,34 +1794,34 @@ ClaimOneDirectly(const char *worker, ArrayType *filter, TimestampTz from,
 	TupleTableSlot *claimed;
 	int			result = 0;
 
-	if (!DirectApplies(false))
+	if (!SagaDirectApplies(false))
 		return -1;
 	saga = table_open(direct.saga, AccessShareLock);
-	step = OpenDirect(direct.step, true, &ok);
+	step = OpenDirect(direct.step, &step_shape, ACL_SELECT | ACL_UPDATE, DIRECT_UPDATE, &ok);
 	if (!ok)
 	{
 		table_close(step, NoLock);
 		table_close(saga, NoLock);
 		return -1;
 	}
-	snapshot = BeginDirect();
+	snapshot = DirectBeginStatement();
 	locked = table_slot_create(step, NULL);
 	claimed = MakeSingleTupleTableSlot(RelationGetDescr(step), &TTSOpsVirtual);
 	if (LockOldestClaimable(step, snapshot, filter, from, locked))
 	{
-		ResultRelInfo *rri;
-		EState	   *estate = BeginDirectWrite(&step, 1, &rri, snapshot);
+		DirectWrite w;
 
+		DirectBeginWrite(&w, &step, 1, snapshot);
 		StoreClaimedVersion(locked, claimed, worker);
-		ExecSimpleRelationUpdate(rri, estate, NULL, locked, claimed);
-		EndDirectWrite(estate, &rri, 1);
+		DirectUpdate(&w, 0, locked, claimed);
+		DirectEndWrite(&w);
 		PutClaimRow(step, saga, snapshot, claimed, tupstore, tupdesc);
 		*run_after = DatumGetTimestampTz(claimed->tts_values[direct.step_col[SC_RUN_AFTER]]);
 		result = 1;
 	}
 	ExecDropSingleTupleTableSlot(claimed);
 	ExecDropSingleTupleTableSlot(locked);
-	EndDirect();
+	DirectEndStatement();
 	table_close(step, NoLock);
 	table_close(saga, NoLock);
 	return result;
@@ -1985,9 +1835,9 @@ SagaMovable(TupleTableSlot *row)
 {
 	const int  *col = direct.saga_col;
 
-	return TextEquals(row->tts_values[col[GC_STATE]], "running") &&
+	return DirectTextEquals(row->tts_values[col[GC_STATE]], "running") &&
 		row->tts_isnull[col[GC_CANCEL_REASON]] &&
-		TextEquals(row->tts_values[col[GC_DIRECTION]], "forward");
+		DirectTextEquals(row->tts_values[col[GC_DIRECTION]], "forward");
 }
 
 /*
@@ -2003,7 +1853,7 @@ LockIfQualifies(Relation rel, Snapshot snapshot, TupleTableSlot *row, bool (*qua
 	bool		traversed;
 
 	return qualifies(row, arg) &&
-		LockRow(rel, snapshot, row, LockTupleNoKeyExclusive, LockWaitBlock, &traversed) == TM_Ok &&
+		DirectLockRow(rel, snapshot, row, LockTupleNoKeyExclusive, LockWaitBlock, &traversed) == TM_Ok &&
 		(!traversed || qualifies(row, arg));
 }
 
@@ -2019,7 +1869,7 @@ LockRunningSaga(Relation saga, Snapshot snapshot, Datum id, TupleTableSlot *row)
 {
 	static const Oid procs[1] = {F_UUID_EQ};
 
-	return FetchByKey(saga, direct.saga_pkey, snapshot, 1, procs, &id, row) &&
+	return DirectFetchByKey(saga, direct.saga_pkey, snapshot, 1, procs, &id, row) &&
 		LockIfQualifies(saga, snapshot, row, SagaMovableTest, NULL);
 }
 
@@ -2032,7 +1882,7 @@ FetchNextWorkerStep(Relation def, Snapshot snapshot, TupleTableSlot *saga_row, T
 	Datum		key[3] = {saga_row->tts_values[col[GC_DEFINITION]], saga_row->tts_values[col[GC_VERSION]],
 	Int32GetDatum(DatumGetInt32(saga_row->tts_values[col[GC_POSITION]]) + 1)};
 
-	return FetchByKey(def, direct.def_step_pkey, snapshot, 3, procs, key, row) &&
+	return DirectFetchByKey(def, direct.def_step_pkey, snapshot, 3, procs, key, row) &&
 		row->tts_isnull[direct.def_col[DC_FUNCTION]];
 }
 
@@ -2049,7 +1899,7 @@ RunClaimedAsReported(TupleTableSlot *row, void *arg)
 	ReportedRun *reported = arg;
 	const int  *col = direct.step_col;
 
-	return TextEquals(row->tts_values[col[SC_STATE]], "claimed") &&
+	return DirectTextEquals(row->tts_values[col[SC_STATE]], "claimed") &&
 		!row->tts_isnull[col[SC_WORKER]] &&
 		DatumGetInt32(row->tts_values[col[SC_ATTEMPT]]) == reported->attempt &&
 		ApicoreTextEqual(DatumGetTextPP(row->tts_values[col[SC_STEP]]), DatumGetTextPP(reported->step));
@@ -2064,7 +1914,7 @@ LockClaimedRun(Relation step, Snapshot snapshot, TupleTableSlot *saga_row, Repor
 	Datum		key[3] = {saga_row->tts_values[direct.saga_col[GC_ID]],
 	saga_row->tts_values[direct.saga_col[GC_POSITION]], CStringGetTextDatum("forward")};
 
-	return FetchByKey(step, direct.step_pkey, snapshot, 3, procs, key, row) &&
+	return DirectFetchByKey(step, direct.step_pkey, snapshot, 3, procs, key, row) &&
 		LockIfQualifies(step, snapshot, row, RunClaimedAsReported, reported);
 }
 
@@ -2078,23 +1928,23 @@ StoreNextRun(TupleTableSlot *slot, TupleTableSlot *saga_row, TupleTableSlot *def
 
 	ExecClearTuple(slot);
 	for (int c = 0; c < NUM_STEP_COLUMNS; c++)
-		SetValue(slot, col[c], (Datum) 0, true);
-	SetValue(slot, col[SC_SAGA], saga_row->tts_values[direct.saga_col[GC_ID]], false);
-	SetValue(slot, col[SC_POSITION],
+		DirectSetValue(slot, col[c], (Datum) 0, true);
+	DirectSetValue(slot, col[SC_SAGA], saga_row->tts_values[direct.saga_col[GC_ID]], false);
+	DirectSetValue(slot, col[SC_POSITION],
 			 Int32GetDatum(DatumGetInt32(saga_row->tts_values[direct.saga_col[GC_POSITION]]) + 1), false);
-	SetValue(slot, col[SC_DIRECTION], CStringGetTextDatum("forward"), false);
-	SetValue(slot, col[SC_STEP], def_row->tts_values[def[DC_NAME]], false);
-	SetValue(slot, col[SC_ACTION], def_row->tts_values[def[DC_NAME]], false);
-	SetValue(slot, col[SC_DEFINITION], saga_row->tts_values[direct.saga_col[GC_DEFINITION]], false);
-	SetValue(slot, col[SC_STATE], CStringGetTextDatum("runnable"), false);
-	SetValue(slot, col[SC_ATTEMPT], Int32GetDatum(0), false);
-	SetValue(slot, col[SC_MAX_ATTEMPTS], def_row->tts_values[def[DC_MAX_ATTEMPTS]], false);
-	SetValue(slot, col[SC_TIMEOUT], def_row->tts_values[def[DC_TIMEOUT]], false);
-	SetValue(slot, col[SC_BACKOFF], def_row->tts_values[def[DC_BACKOFF]], false);
-	SetValue(slot, col[SC_MAX_BACKOFF], def_row->tts_values[def[DC_MAX_BACKOFF]], false);
-	SetValue(slot, col[SC_RUN_AFTER], now, false);
-	SetValue(slot, col[SC_CREATED_AT], now, false);
-	SetValue(slot, col[SC_UPDATED_AT], now, false);
+	DirectSetValue(slot, col[SC_DIRECTION], CStringGetTextDatum("forward"), false);
+	DirectSetValue(slot, col[SC_STEP], def_row->tts_values[def[DC_NAME]], false);
+	DirectSetValue(slot, col[SC_ACTION], def_row->tts_values[def[DC_NAME]], false);
+	DirectSetValue(slot, col[SC_DEFINITION], saga_row->tts_values[direct.saga_col[GC_DEFINITION]], false);
+	DirectSetValue(slot, col[SC_STATE], CStringGetTextDatum("runnable"), false);
+	DirectSetValue(slot, col[SC_ATTEMPT], Int32GetDatum(0), false);
+	DirectSetValue(slot, col[SC_MAX_ATTEMPTS], def_row->tts_values[def[DC_MAX_ATTEMPTS]], false);
+	DirectSetValue(slot, col[SC_TIMEOUT], def_row->tts_values[def[DC_TIMEOUT]], false);
+	DirectSetValue(slot, col[SC_BACKOFF], def_row->tts_values[def[DC_BACKOFF]], false);
+	DirectSetValue(slot, col[SC_MAX_BACKOFF], def_row->tts_values[def[DC_MAX_BACKOFF]], false);
+	DirectSetValue(slot, col[SC_RUN_AFTER], now, false);
+	DirectSetValue(slot, col[SC_CREATED_AT], now, false);
+	DirectSetValue(slot, col[SC_UPDATED_AT], now, false);
 	ExecStoreVirtualTuple(slot);
 }
 
@@ -2107,21 +1957,21 @@ StoreSuccessLog(TupleTableSlot *slot, TupleTableSlot *run, TupleTableSlot *def_r
 
 	ExecClearTuple(slot);
 	for (int c = 0; c < NUM_LOG_COLUMNS; c++)
-		SetValue(slot, col[c], (Datum) 0, true);
+		DirectSetValue(slot, col[c], (Datum) 0, true);
 	/* the identity column's sequence, which checks no privilege either */
-	SetValue(slot, col[LC_ID], Int64GetDatum(nextval_internal(direct.log_sequence, false)), false);
-	SetValue(slot, col[LC_SAGA], run->tts_values[sc[SC_SAGA]], false);
-	SetValue(slot, col[LC_STEP], run->tts_values[sc[SC_STEP]], false);
-	SetValue(slot, col[LC_DIRECTION], CStringGetTextDatum("forward"), false);
-	SetValue(slot, col[LC_ATTEMPT], run->tts_values[sc[SC_ATTEMPT]], false);
-	SetValue(slot, col[LC_FROM_STATE], CStringGetTextDatum("claimed"), false);
-	SetValue(slot, col[LC_TO_STATE], CStringGetTextDatum("succeeded"), false);
-	SetValue(slot, col[LC_ACTOR], run->tts_values[sc[SC_WORKER]], run->tts_isnull[sc[SC_WORKER]]);
-	SetValue(slot, col[LC_AT], TimestampTzGetDatum(GetCurrentTimestamp()), false);
-	SetValue(slot, col[LC_NEXT_STEP], def_row->tts_values[direct.def_col[DC_NAME]], false);
-	SetValue(slot, col[LC_CLAIM_ID], run->tts_values[sc[SC_CLAIM_ID]], run->tts_isnull[sc[SC_CLAIM_ID]]);
-	SetValue(slot, col[LC_CLAIMED_AT], run->tts_values[sc[SC_CLAIMED_AT]], run->tts_isnull[sc[SC_CLAIMED_AT]]);
-	SetValue(slot, col[LC_CLAIMED_BY], run->tts_values[sc[SC_WORKER]], run->tts_isnull[sc[SC_WORKER]]);
+	DirectSetValue(slot, col[LC_ID], Int64GetDatum(nextval_internal(direct.log_sequence, false)), false);
+	DirectSetValue(slot, col[LC_SAGA], run->tts_values[sc[SC_SAGA]], false);
+	DirectSetValue(slot, col[LC_STEP], run->tts_values[sc[SC_STEP]], false);
+	DirectSetValue(slot, col[LC_DIRECTION], CStringGetTextDatum("forward"), false);
+	DirectSetValue(slot, col[LC_ATTEMPT], run->tts_values[sc[SC_ATTEMPT]], false);
+	DirectSetValue(slot, col[LC_FROM_STATE], CStringGetTextDatum("claimed"), false);
+	DirectSetValue(slot, col[LC_TO_STATE], CStringGetTextDatum("succeeded"), false);
+	DirectSetValue(slot, col[LC_ACTOR], run->tts_values[sc[SC_WORKER]], run->tts_isnull[sc[SC_WORKER]]);
+	DirectSetValue(slot, col[LC_AT], TimestampTzGetDatum(GetCurrentTimestamp()), false);
+	DirectSetValue(slot, col[LC_NEXT_STEP], def_row->tts_values[direct.def_col[DC_NAME]], false);
+	DirectSetValue(slot, col[LC_CLAIM_ID], run->tts_values[sc[SC_CLAIM_ID]], run->tts_isnull[sc[SC_CLAIM_ID]]);
+	DirectSetValue(slot, col[LC_CLAIMED_AT], run->tts_values[sc[SC_CLAIMED_AT]], run->tts_isnull[sc[SC_CLAIMED_AT]]);
+	DirectSetValue(slot, col[LC_CLAIMED_BY], run->tts_values[sc[SC_WORKER]], run->tts_isnull[sc[SC_WORKER]]);
 	ExecStoreVirtualTuple(slot);
 }
 
@@ -2133,35 +1983,39 @@ static void
 WriteSuccess(Relation *rels, Snapshot snapshot, TupleTableSlot *saga_row, TupleTableSlot *run,
 			 TupleTableSlot *def_row, Datum output, bool output_null)
 {
-	ResultRelInfo *rris[3];
-	EState	   *estate = BeginDirectWrite(rels, 3, rris, snapshot);
-	TupleTableSlot *saga_new = ExecInitExtraTupleSlot(estate, RelationGetDescr(rels[0]), &TTSOpsVirtual);
-	TupleTableSlot *run_new = ExecInitExtraTupleSlot(estate, RelationGetDescr(rels[1]), &TTSOpsVirtual);
-	TupleTableSlot *next_run = ExecInitExtraTupleSlot(estate, RelationGetDescr(rels[1]), &TTSOpsVirtual);
-	TupleTableSlot *log_row = ExecInitExtraTupleSlot(estate, RelationGetDescr(rels[2]), &TTSOpsVirtual);
+	DirectWrite w;
+	TupleTableSlot *saga_new;
+	TupleTableSlot *run_new;
+	TupleTableSlot *next_run;
+	TupleTableSlot *log_row;
 	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	const int  *sc = direct.step_col;
 
-	CopyValues(saga_new, saga_row);
-	SetValue(saga_new, direct.saga_col[GC_POSITION],
+	DirectBeginWrite(&w, rels, 3, snapshot);
+	saga_new = DirectSlot(&w, 0);
+	run_new = DirectSlot(&w, 1);
+	next_run = DirectSlot(&w, 1);
+	log_row = DirectSlot(&w, 2);
+	DirectCopyValues(saga_new, saga_row);
+	DirectSetValue(saga_new, direct.saga_col[GC_POSITION],
 			 Int32GetDatum(DatumGetInt32(saga_row->tts_values[direct.saga_col[GC_POSITION]]) + 1), false);
-	SetValue(saga_new, direct.saga_col[GC_UPDATED_AT], now, false);
+	DirectSetValue(saga_new, direct.saga_col[GC_UPDATED_AT], now, false);
 	ExecStoreVirtualTuple(saga_new);
-	ExecSimpleRelationUpdate(rris[0], estate, NULL, saga_row, saga_new);
+	DirectUpdate(&w, 0, saga_row, saga_new);
 
-	CopyValues(run_new, run);
-	SetValue(run_new, sc[SC_STATE], CStringGetTextDatum("succeeded"), false);
-	SetValue(run_new, sc[SC_OUTPUT], output, output_null);
-	SetValue(run_new, sc[SC_LEASE], (Datum) 0, true);
-	SetValue(run_new, sc[SC_UPDATED_AT], now, false);
+	DirectCopyValues(run_new, run);
+	DirectSetValue(run_new, sc[SC_STATE], CStringGetTextDatum("succeeded"), false);
+	DirectSetValue(run_new, sc[SC_OUTPUT], output, output_null);
+	DirectSetValue(run_new, sc[SC_LEASE], (Datum) 0, true);
+	DirectSetValue(run_new, sc[SC_UPDATED_AT], now, false);
 	ExecStoreVirtualTuple(run_new);
-	ExecSimpleRelationUpdate(rris[1], estate, NULL, run, run_new);
+	DirectUpdate(&w, 1, run, run_new);
 
 	StoreNextRun(next_run, saga_row, def_row);
-	ExecSimpleRelationInsert(rris[1], estate, next_run);
+	DirectInsert(&w, 1, next_run);
 	StoreSuccessLog(log_row, run, def_row);
-	ExecSimpleRelationInsert(rris[2], estate, log_row);
-	EndDirectWrite(estate, rris, 3);
+	DirectInsert(&w, 2, log_row);
+	DirectEndWrite(&w);
 }
 
 /*
@@ -2183,17 +2037,18 @@ SucceedDirectly(FunctionCallInfo fcinfo)
 	ReportedRun reported;
 	int			result = 0;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || !DirectApplies(true))
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || !SagaDirectApplies(true))
 		return -1;
 	reported.step = PG_GETARG_DATUM(1);
 	reported.attempt = PG_GETARG_INT32(2);
 	def = table_open(direct.def_step, AccessShareLock);
-	rels[0] = OpenDirect(direct.saga, true, &ok);
-	rels[1] = OpenDirect(direct.step, true, &ok);
-	rels[2] = OpenDirect(direct.log, false, &ok);
+	rels[0] = OpenDirect(direct.saga, &saga_shape, ACL_SELECT | ACL_UPDATE, DIRECT_UPDATE, &ok);
+	rels[1] = OpenDirect(direct.step, &step_shape, ACL_SELECT | ACL_UPDATE | ACL_INSERT,
+						 DIRECT_UPDATE | DIRECT_INSERT, &ok);
+	rels[2] = OpenDirect(direct.log, &log_shape, ACL_INSERT, DIRECT_INSERT, &ok);
 	if (ok)
 	{
-		snapshot = BeginDirect();
+		snapshot = DirectBeginStatement();
 		saga_row = table_slot_create(rels[0], NULL);
 		run = table_slot_create(rels[1], NULL);
 		def_row = table_slot_create(def, NULL);
@@ -2213,7 +2068,7 @@ SucceedDirectly(FunctionCallInfo fcinfo)
 		ExecDropSingleTupleTableSlot(def_row);
 		ExecDropSingleTupleTableSlot(run);
 		ExecDropSingleTupleTableSlot(saga_row);
-		EndDirect();
+		DirectEndStatement();
 	}
 	table_close(def, NoLock);
 	for (int i = 0; i < 3; i++)

@@ -169,7 +169,7 @@ UsableColumn(Relation rel, AttrNumber attnum)
  * The deleted-at column of a soft-delete table, or InvalidAttrNumber.  Read
  * from the relcache's trigger list, so it costs no catalog access per query.
  */
-static AttrNumber
+AttrNumber
 SoftDeleteColumnOf(Oid relid)
 {
 	Relation	rel = RelationIdGetRelation(relid);
@@ -270,6 +270,8 @@ ConvertSoftDeletes(Query *query)
 	}
 	if (query->commandType == CMD_MERGE)
 		RefuseMergeDelete(query);
+	if (query->commandType == CMD_INSERT)
+		SoftDeleteInferArbiter(query);
 	if (query->commandType != CMD_DELETE)
 		return false;
 	return ConvertDeleteToMark(query);

@@ -27,6 +27,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -95,6 +96,7 @@ typedef struct DatabaseWorker
 	BackgroundWorkerHandle *handle; /* the round in progress, or NULL */
 	TimestampTz last_start;		/* next round is due one interval later */
 	int64		rounds_at_start;	/* to tell a finished round from a failed one */
+	bool		missing;		/* said that the database does not exist */
 } DatabaseWorker;
 
 PGDLLEXPORT void ApicoreLauncherMain(Datum arg);
@@ -671,6 +673,32 @@ ReapFinishedRound(DatabaseWorker *dw)
 				 errhint("If the database does not exist, remove it from apicore.database; earlier log lines say why.")));
 }
 
+/*
+ * Whether the database of `dw` exists, saying so once when that changes.  A
+ * worker for a missing database would die FATAL in every round; the
+ * launcher, connected to no database, can read the shared catalog
+ * pg_database instead, as the autovacuum launcher does.
+ */
+static bool
+DatabaseExists(DatabaseWorker *dw)
+{
+	bool		exists;
+
+	StartTransactionCommand();
+	exists = OidIsValid(get_database_oid(dw->dbname, true));
+	CommitTransactionCommand();
+	if (!exists && !dw->missing)
+		ereport(LOG,
+				(errmsg("apicore: database \"%s\" in apicore.database does not exist; looking again every %d ms",
+						dw->dbname, maintenance_interval_ms),
+				 errhint("Create the database, or remove it from apicore.database.")));
+	else if (exists && dw->missing)
+		ereport(LOG,
+				(errmsg("apicore: database \"%s\" now exists; its maintenance starts", dw->dbname)));
+	dw->missing = !exists;
+	return exists;
+}
+
 /* Start the rounds that are due; returns ms until the next one is. */
 static long
 StartDueRounds(DatabaseWorker *workers, int nworkers)
@@ -694,7 +722,9 @@ StartDueRounds(DatabaseWorker *workers, int nworkers)
 		due = TimestampTzPlusMilliseconds(dw->last_start, maintenance_interval_ms);
 		if (now >= due)
 		{
-			if (StartDatabaseWorker(dw))
+			if (!DatabaseExists(dw))
+				dw->last_start = now;	/* look again in one interval */
+			else if (StartDatabaseWorker(dw))
 				dw->last_start = now;
 		}
 		else

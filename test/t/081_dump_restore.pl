@@ -301,7 +301,7 @@ my ($drop_rc, $drop_out, $drop_err) = $node->psql('postgres', 'DROP DATABASE res
 is($drop_err, '', 'a database the worker serves can be dropped without FORCE');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_database WHERE datname = 'restored'}),
 	'0', 'the served database is gone');
-ok($node->wait_for_log(qr/maintenance round in database "restored" did not complete/),
+ok($node->wait_for_log(qr/database "restored" in apicore.database does not exist/),
 	'the worker reports the dropped database instead of failing silently');
 
 $node->stop;
