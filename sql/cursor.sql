@@ -38,12 +38,25 @@ SELECT keys AS keys_after, min_key_id AS key_id FROM cursor_keys();
 -- (timestamptz, bigint): at most 80 characters, URL-safe base64, no padding
 SELECT c ~ '^[A-Za-z0-9_-]+$' AS url_safe, length(c) <= 80 AS at_most_80, length(c)
   FROM (SELECT apicore.cursor_encode(ROW('2026-11-27 18:00:00.123456+00'::timestamptz, 123456789::bigint), 'orders') AS c) s;
--- even at the extremes of both types
-SELECT t, i, length(apicore.cursor_encode(ROW(t, i), 'orders')) <= 80 AS at_most_80
-  FROM (VALUES ('2026-11-27 18:00:00.999999+00'::timestamptz, 9223372036854775807::bigint),
-               ('1970-01-01 00:00:00+00', -9223372036854775808),
-               ('2000-01-01 00:00:00+00', 0),
-               ('4000-01-01 00:00:00+00', 1)) v(t, i);
+-- the README's length claims, at the edges of each: at most 80 characters for
+-- any bigint with any timestamp from the year 859 to 3140 (7 payload bytes
+-- hold +-2^55 microseconds around 2000: 0858-04-17 to 3141-09-15), at most 82
+-- for any values at all, and a ttl of up to 1,000 years adds at most 7
+SELECT max(length(apicore.cursor_encode(ROW(t, i), 'orders'))) AS longest_859_to_3140
+  FROM unnest(ARRAY['0859-01-01 00:00:00+00', '1970-01-01 00:00:00+00', '2026-11-27 18:00:00.999999+00',
+                    '3140-12-31 23:59:59.999999+00']::timestamptz[]) t,
+       unnest(ARRAY['-9223372036854775808', '-1', '0', '9223372036854775807']::bigint[]) i;
+SELECT max(length(apicore.cursor_encode(ROW(t, i), 'orders'))) AS longest_any
+  FROM unnest(ARRAY['-infinity', '4714-11-24 00:00:00+00 BC', '0858-01-01 00:00:00+00', '3141-12-31 00:00:00+00',
+                    '294276-12-31 23:59:59.999999+00', 'infinity']::timestamptz[]) t,
+       unnest(ARRAY['-9223372036854775808', '9223372036854775807']::bigint[]) i;
+SELECT max(length(apicore.cursor_encode(r, 'orders', ttl)) - length(apicore.cursor_encode(r, 'orders')))
+       AS most_chars_a_ttl_adds
+  FROM (VALUES (ROW(NULL::timestamptz, NULL::bigint)), (ROW('2026-01-01 00:00:00+00'::timestamptz, 0::bigint)),
+               (ROW('2026-11-27 18:00:00.123456+00'::timestamptz, 123456789::bigint)),
+               (ROW('3140-12-31 23:59:59.999999+00'::timestamptz, '9223372036854775807'::bigint)),
+               (ROW('infinity'::timestamptz, '-9223372036854775808'::bigint))) v(r),
+       unnest(ARRAY['1 second', '1 hour', '30 days', '1000 years']::interval[]) ttl;
 
 -- round trips: microseconds, the bigint range, NULLs
 SELECT * FROM apicore.cursor_decode(
