@@ -5,13 +5,14 @@
 
 -- The suite runs as an application role that owns its tables, with only
 -- what the README lists for apicore: USAGE on schema apicore and EXECUTE on
--- keyset_page, keyset_page_explain and cursor_encode (PUBLIC has both by
+-- keyset_page, keyset_page_explain, keyset_page_rows and cursor_encode (PUBLIC has both by
 -- default; granted here all the same).  Creating roles is a superuser's.
 CREATE ROLE ks_app;
 CREATE SCHEMA ks_app AUTHORIZATION ks_app;
 GRANT USAGE ON SCHEMA apicore TO ks_app;
 GRANT EXECUTE ON FUNCTION apicore.keyset_page(regclass, text, text, int, jsonb),
   apicore.keyset_page_explain(regclass, text, text, int, jsonb),
+  apicore.keyset_page_rows(anyelement, text, text, int, jsonb),
   apicore.cursor_encode(record, text, interval) TO ks_app;
 SET ROLE ks_app;
 SET search_path = ks_app;
@@ -269,6 +270,7 @@ GRANT SELECT ON ks_tenant TO ks_reader;
 SET ROLE ks_reader;
 SELECT (SELECT array_agg(r->>'id') FROM jsonb_array_elements(p->'data') r) AS visible_ids
   FROM apicore.keyset_page('ks_tenant', 'id DESC') p;
+SELECT array_agg((p.item).id) AS visible_ids_as_rows FROM apicore.keyset_page_rows(NULL::ks_tenant, 'id DESC') p;
 SET ROLE ks_app;
 SELECT (SELECT count(*) FROM jsonb_array_elements(p->'data') r) AS owner_sees
   FROM apicore.keyset_page('ks_tenant', 'id DESC') p;
@@ -309,6 +311,61 @@ BEGIN
     seen = (SELECT array_agg(id ORDER BY a, t DESC, id DESC) FROM ks_mixed);
 END $$;
 DROP TABLE ks_mixed;
+
+-- keyset_page_rows: the same pages as the table's row type.  Walked to the
+-- end with its own cursors, each page has exactly the rows keyset_page returns
+-- for that cursor (cursors carry a random nonce, so they are compared by use)
+DO $$
+DECLARE cur text; pages int := 0; same bool := true; rows_seen bigint := 0;
+        via_rows jsonb; more bool; next text; page jsonb;
+BEGIN
+  LOOP
+    SELECT coalesce(jsonb_agg(to_jsonb(p.item)), '[]'), bool_and(p.has_more), max(p.next_cursor)
+      INTO via_rows, more, next
+      FROM apicore.keyset_page_rows(NULL::ks_items, 'a DESC, b', cur, 700) p;
+    page := apicore.keyset_page('ks_items', 'a DESC, b', cur, 700);
+    same := same AND via_rows = page->'data' AND more = (page->>'has_more')::bool
+            AND (next IS NULL) = (page->>'next_cursor' IS NULL);
+    pages := pages + 1;
+    rows_seen := rows_seen + jsonb_array_length(via_rows);
+    EXIT WHEN NOT more OR NOT same;
+    cur := next;
+  END LOOP;
+  RAISE NOTICE 'keyset_page_rows: % pages, % rows, each page the same as keyset_page: %',
+    pages, rows_seen, same;
+END $$;
+-- values a JSON number cannot carry exactly through a double come back exact
+-- and typed, whatever the session's extra_float_digits
+CREATE TABLE ks_exact (id bigint PRIMARY KEY, n numeric, f float8, r real, t timestamptz,
+                       a int[], b bytea, j jsonb);
+INSERT INTO ks_exact VALUES
+  (9007199254740993, 123456789012345678901234567890.000000000000000001, 0.1 + 0.2, 1.1,
+   '2026-01-01 12:00:00.000001+00', '{1,NULL,3}', '\x00ff', '{"x": 12345678901234567890}'),
+  (9223372036854775807, 'NaN', 'Infinity', '-Infinity', 'infinity', '{}', '', '[]'),
+  (-9223372036854775808, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+SET extra_float_digits = 0;
+SELECT pg_typeof(p.item) AS row_type, (p.item).id, (p.item).n,
+       (p.item).f IS NOT DISTINCT FROM e.f AS f_exact, (p.item).r IS NOT DISTINCT FROM e.r AS r_exact,
+       (p.item).t IS NOT DISTINCT FROM e.t AS t_exact, (p.item).a IS NOT DISTINCT FROM e.a AS a_same,
+       (p.item).b IS NOT DISTINCT FROM e.b AS b_same, (p.item).j IS NOT DISTINCT FROM e.j AS j_same,
+       p.has_more
+  FROM apicore.keyset_page_rows(NULL::ks_exact, 'id', NULL, 3) p JOIN ks_exact e ON e.id = (p.item).id;
+RESET extra_float_digits;
+-- the one thing jsonb cannot tell apart: a jsonb column holding JSON null
+-- comes back as SQL NULL (keyset_page's data has the same "j": null for both)
+UPDATE ks_exact SET j = 'null' WHERE id = 9223372036854775807;
+SELECT (p.item).j IS NULL AS json_null_is_sql_null
+  FROM apicore.keyset_page_rows(NULL::ks_exact, 'id', NULL, 1, '{"id": 9223372036854775807}') p;
+-- an empty page has no row
+SELECT count(*) AS rows_of_empty_page
+  FROM apicore.keyset_page_rows(NULL::ks_exact, 'id', NULL, 10, '{"id": 5}') p;
+DROP TABLE ks_exact;
+-- bad arguments: not a table's row type, an untyped NULL, keyset_page's own checks
+SELECT sqlstate_of($$SELECT * FROM apicore.keyset_page_rows(NULL::int, 'id')$$) AS scalar_type;
+SELECT sqlstate_of($$SELECT * FROM apicore.keyset_page_rows(NULL, 'id')$$) AS untyped_null;
+SELECT sqlstate_of($$SELECT * FROM apicore.keyset_page_rows(NULL::ks_items, 'nope')$$) AS bad_order_by;
+SELECT sqlstate_of($$SELECT * FROM apicore.keyset_page_rows(NULL::ks_items, 'id', 'garbage')$$) AS bad_cursor;
+SELECT * FROM apicore.keyset_page_rows(NULL::int, 'id');
 
 DROP FUNCTION ks_walk(text, int, int, text);
 DROP TABLE ks_items;

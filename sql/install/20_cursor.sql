@@ -55,6 +55,46 @@ CREATE FUNCTION apicore.keyset_page(relation regclass, order_by text,
 COMMENT ON FUNCTION apicore.keyset_page(regclass, text, text, int, jsonb) IS
     'one page of relation in order_by order after (or before) cursor: {"data", "has_more", "next_cursor", "prev_cursor"}';
 
+-- The page's rows as the table's own row type, for drivers that would round
+-- jsonb numbers through a double (JavaScript: bigint and numeric beyond
+-- 2^53).  One implementation: keyset_page builds the page; the rows come back
+-- through jsonb_populate_recordset, which converts jsonb's exact numbers and
+-- every other column by the column type's input function.  Runs as the
+-- caller, like keyset_page.  extra_float_digits = 1 makes to_jsonb write
+-- float4/float8 in their shortest exact form whatever the session's setting.
+CREATE FUNCTION apicore.keyset_page_rows(relation anyelement, order_by text,
+                                         cursor text DEFAULT NULL, page_size int DEFAULT NULL,
+                                         filter jsonb DEFAULT NULL,
+                                         OUT item anyelement, OUT has_more bool,
+                                         OUT next_cursor text, OUT prev_cursor text)
+    RETURNS SETOF record
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    SET extra_float_digits = 1
+    AS $$
+DECLARE
+    rel  regclass;
+    page jsonb;
+BEGIN
+    SELECT t.typrelid INTO rel FROM pg_catalog.pg_type t
+     WHERE t.oid = pg_catalog.pg_typeof(relation) AND t.typrelid <> 0;
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'keyset_page_rows: relation must be a table''s row type, got %',
+                        pg_catalog.pg_typeof(relation)
+              USING ERRCODE = 'wrong_object_type',
+                    HINT = 'Pass NULL cast to the table''s row type, as in apicore.keyset_page_rows(NULL::orders, ''id'').';
+    END IF;
+    page := apicore.keyset_page(rel, order_by, cursor, page_size, filter);
+    RETURN QUERY
+        -- in the select list, not FROM: a FROM alias would lose to a column of that name
+        SELECT pg_catalog.jsonb_populate_recordset(relation, page OPERATOR(pg_catalog.->) 'data'),
+               (page OPERATOR(pg_catalog.->>) 'has_more')::bool,
+               page OPERATOR(pg_catalog.->>) 'next_cursor', page OPERATOR(pg_catalog.->>) 'prev_cursor';
+END
+$$;
+COMMENT ON FUNCTION apicore.keyset_page_rows(anyelement, text, text, int, jsonb) IS
+    'keyset_page''s rows as the table''s row type (pass NULL::table), each with the page''s has_more, next_cursor and prev_cursor; no row for an empty page';
+
 CREATE FUNCTION apicore.keyset_page_explain(relation regclass, order_by text,
                                             cursor text DEFAULT NULL, page_size int DEFAULT NULL,
                                             filter jsonb DEFAULT NULL)
