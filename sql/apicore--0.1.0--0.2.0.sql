@@ -387,11 +387,17 @@ REVOKE ALL ON FUNCTION apicore.rate_limit_policy_set(text, int, interval, int, t
                        apicore.rate_limit_policy_drop(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION apicore.rate_limit_policy_set(text, int, interval, int, text, text),
                           apicore.rate_limit_policy_drop(text) TO apicore_rate_limit_admin;
+-- A check names the policy that decided it, and the headers use it.
+ALTER TYPE apicore.rate_limit_result ADD ATTRIBUTE policy text;
+COMMENT ON TYPE apicore.rate_limit_result IS
+    'verdict of a rate-limit check: retry_after is -1 when allowed; seconds, exact to the microsecond; policy is the named policy that decided (NULL for an ad hoc limit)';
 CREATE OR REPLACE FUNCTION apicore.rate_limit_headers(r apicore.rate_limit_result, policy text DEFAULT NULL,
                                                       period interval DEFAULT NULL)
     RETURNS jsonb
     LANGUAGE c STABLE
     AS 'MODULE_PATHNAME', 'apicore_rate_limit_headers';
+COMMENT ON FUNCTION apicore.rate_limit_headers(apicore.rate_limit_result, text, interval) IS
+    'RateLimit-Policy, RateLimit and (when rejected) Retry-After header values, for policy or else the policy that decided r';
 REVOKE ALL ON FUNCTION apicore._rate_limit_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION apicore._rate_limit_stats() TO pg_monitor, apicore_rate_limit_admin;
 GRANT SELECT ON apicore.rate_limit_stats TO pg_monitor, apicore_rate_limit_admin;

@@ -148,6 +148,10 @@ SET apicore.rate_limit_test_clock = 6001;
 SELECT * FROM apicore.rate_limit_check(ARRAY['per_second', 'per_minute'], ARRAY['k', 'k']);
 -- now per_minute rejects, and the longest wait is reported
 SELECT * FROM apicore.rate_limit_check(ARRAY['per_second', 'per_minute'], ARRAY['k', 'k']);
+-- the result names the policy that decided (above: the one with the fewest
+-- left while allowed, the longest wait when rejected), and the headers name
+-- it with its own quota and window when no policy is passed
+SELECT apicore.rate_limit_headers(apicore.rate_limit_check(ARRAY['per_second', 'per_minute'], ARRAY['k', 'k']));
 SELECT remaining FROM apicore.rate_limit_check('per_second', 'k', 0);
 -- a shadow policy in the set never blocks the call
 SELECT allowed FROM apicore.rate_limit_check(ARRAY['per_second', 'trial'], ARRAY['other', 'acme']);

@@ -192,7 +192,7 @@ SET ROLE regress_rls_attacker;
 SELECT translate(left(name, 16), E'\r\n', '~~') AS name,
        regress_rls_try(format('SELECT apicore.rate_limit_check(%L, %L)', name, 'k')) AS check_one,
        regress_rls_try(format('SELECT apicore.rate_limit_check(ARRAY[%L, %L], ARRAY[%L, %L])', 'sec', name, 'k', 'k')) AS check_many,
-       regress_rls_try(format('SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0), %L)', name)) AS headers
+       regress_rls_try(format('SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0, NULL), %L)', name)) AS headers
   FROM unnest(ARRAY[E'crlf\r\nX-Injected: 1', 'frée', 'huge', 'zero', 'negative', 'no_limit', 'refill',
                     'leaky', 'dry', repeat('x', 100)]) WITH ORDINALITY AS t(name, n) ORDER BY n;
 -- one bad row breaks only itself
@@ -279,17 +279,22 @@ RESET ROLE;
 
 -- ---------- header injection ----------
 SET ROLE regress_rls_attacker;
-SELECT regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0), E'free\r\nX-Injected: 1')$$) AS crlf,
-       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0), E'free\nX: 1')$$) AS lf,
-       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0), E'tab\there')$$) AS tab,
-       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0), 'frée')$$) AS non_ascii,
-       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0), repeat('x', 256))$$) AS too_long,
-       regress_rls_try($$SELECT apicore.rate_limit_headers((false, 1, 0, 'NaN', 0))$$) AS nan,
-       regress_rls_try($$SELECT apicore.rate_limit_headers((false, 1, 0, '-Infinity', 0))$$) AS minus_infinity,
-       regress_rls_try($$SELECT apicore.rate_limit_headers((true, NULL, 1, -1, 0))$$) AS null_limit,
-       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0), NULL, '-1 minute')$$) AS negative_window;
+SELECT regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0, NULL), E'free\r\nX-Injected: 1')$$) AS crlf,
+       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0, NULL), E'free\nX: 1')$$) AS lf,
+       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0, NULL), E'tab\there')$$) AS tab,
+       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0, NULL), 'frée')$$) AS non_ascii,
+       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0, NULL), repeat('x', 256))$$) AS too_long,
+       regress_rls_try($$SELECT apicore.rate_limit_headers((false, 1, 0, 'NaN', 0, NULL))$$) AS nan,
+       regress_rls_try($$SELECT apicore.rate_limit_headers((false, 1, 0, '-Infinity', 0, NULL))$$) AS minus_infinity,
+       regress_rls_try($$SELECT apicore.rate_limit_headers((true, NULL, 1, -1, 0, NULL))$$) AS null_limit,
+       regress_rls_try($$SELECT apicore.rate_limit_headers((true, 1, 1, -1, 0, NULL), NULL, '-1 minute')$$) AS negative_window;
+-- the policy a result names is checked as the argument is: no injection through r.policy
+SELECT regress_rls_try($$SELECT apicore.rate_limit_headers((false, 1, 0, 2, 0, E'free\r\nX-Injected: 1'))$$) AS crlf_in_result,
+       regress_rls_try($$SELECT apicore.rate_limit_headers((false, 1, 0, 2, 0, repeat('x', 256)))$$) AS too_long_in_result;
+-- a result naming a policy that does not exist keeps its own numbers and has no window
+SELECT apicore.rate_limit_headers((false, 5, 0, 2.5, 60, 'no_such_policy'));
 -- quotes and backslashes are escaped as RFC 8941 sf-strings
-SELECT apicore.rate_limit_headers((false, 5, 0, 2.5, 60), 'say "hi" \ bye', '1 minute');
+SELECT apicore.rate_limit_headers((false, 5, 0, 2.5, 60, NULL), 'say "hi" \ bye', '1 minute');
 RESET ROLE;
 SET ROLE regress_rls_admin;
 SELECT regress_rls_try($$SELECT apicore.rate_limit_policy_set(E'evil\r\nX-Injected: 1', 1, '1 minute')$$) AS crlf_policy,

@@ -193,6 +193,7 @@ typedef struct RlResult
 	int32		remaining;
 	int64		retry_after;	/* us; -1 when allowed */
 	int64		reset_after;	/* us */
+	const char *policy;			/* the deciding policy's name; NULL: ad hoc */
 } RlResult;
 
 /* One limit taking part in a call. */
@@ -205,6 +206,8 @@ typedef struct RlCall
 	RlEntry    *entry;			/* NULL: peek of an unknown key, or table full */
 	RlState		next;
 	RlResult	result;
+	/* a copy: the policy cache may be rebuilt while later policies are looked up */
+	char		policy[NAMEDATALEN];	/* "": an ad hoc limit */
 } RlCall;
 
 /*
@@ -1133,6 +1136,13 @@ RlCount(const RlCall *calls, int n, int32 cost, bool allowed)
 	}
 }
 
+/* The name a result reports for call: its policy, or NULL for an ad hoc limit. */
+static const char *
+RlCallPolicy(const RlCall *call)
+{
+	return call->policy[0] != '\0' ? call->policy : NULL;
+}
+
 static void
 RlFullDenied(const RlCall *calls, int n, RlResult *out)
 {
@@ -1141,6 +1151,7 @@ RlFullDenied(const RlCall *calls, int n, RlResult *out)
 	out->remaining = 0;
 	out->retry_after = RL_FULL_RETRY;
 	out->reset_after = 0;
+	out->policy = RlCallPolicy(&calls[0]);
 	for (int i = 0; i < n; i++)
 		pg_atomic_fetch_add_u64(&calls[i].stat->rejected, 1);
 }
@@ -1175,6 +1186,7 @@ RlApply(RlCall *calls, int n, int32 cost, RlResult *out)
 		if (!RlStep(&calls[i].params, in, cost, now, &calls[i].next, &calls[i].result) &&
 			!calls[i].shadow)
 			allowed = false;
+		calls[i].result.policy = RlCallPolicy(&calls[i]);
 	}
 	for (int i = 0; i < n; i++)
 	{
@@ -1196,8 +1208,8 @@ static Datum
 RlResultDatum(FunctionCallInfo fcinfo, const RlResult *r)
 {
 	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
-	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, r->policy == NULL};
 
 	if (tupdesc == NULL)
 	{
@@ -1215,6 +1227,7 @@ RlResultDatum(FunctionCallInfo fcinfo, const RlResult *r)
 	values[2] = Int32GetDatum(r->remaining);
 	values[3] = Float8GetDatum(r->retry_after < 0 ? -1.0 : (double) r->retry_after / USECS_PER_SEC);
 	values[4] = Float8GetDatum((double) r->reset_after / USECS_PER_SEC);
+	values[5] = r->policy ? CStringGetTextDatum(r->policy) : (Datum) 0;
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
 
@@ -1237,6 +1250,7 @@ apicore_rate_limit(PG_FUNCTION_ARGS)
 	RlHashKey(RL_NS_ADHOC, NULL, &call.params, key, &call.key);
 	call.shadow = false;
 	call.stat = &rl->stats[0];
+	call.policy[0] = '\0';
 	RlApply(&call, 1, cost, &result);
 	return RlResultDatum(fcinfo, &result);
 }
@@ -1481,6 +1495,7 @@ RlPolicyCall(const char *policy_name, const text *key, RlCall *call)
 	call->params = policy->params;
 	call->shadow = policy->shadow;
 	call->stat = policy->stat;
+	strlcpy(call->policy, policy->name, sizeof(call->policy));
 	RlHashKey(RL_NS_POLICY, policy->name, NULL, key, &call->key);
 }
 
@@ -1851,12 +1866,30 @@ RlAppendHeader(StringInfo json, const char *field, const StringInfo value)
 	escape_json(json, value->data);
 }
 
+/*
+ * The policy the headers name: the policy argument if given, else the one
+ * that decided r (rate_limit_check fills r.policy; for several policies, the
+ * one whose numbers r carries), else NULL: an ad hoc limit, named "default".
+ * A result made before r had a policy field (0.1.0) reads as NULL.
+ */
+static const char *
+RlHeadersPolicyName(FunctionCallInfo fcinfo, HeapTupleHeader r)
+{
+	bool		isnull;
+	Datum		decided;
+
+	if (!PG_ARGISNULL(1))
+		return text_to_cstring(PG_GETARG_TEXT_PP(1));
+	decided = GetAttributeByNum(r, 6, &isnull);
+	return isnull ? NULL : TextDatumGetCString(decided);
+}
+
 /* apicore.rate_limit_headers(r, policy, period): RateLimit-Policy, RateLimit, Retry-After */
 Datum
 apicore_rate_limit_headers(PG_FUNCTION_ARGS)
 {
 	HeapTupleHeader r;
-	const char *name = PG_ARGISNULL(1) ? "default" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	const char *name;
 	RlPolicy   *policy = NULL;
 	int64		quota;
 	int64		window = -1;
@@ -1870,10 +1903,13 @@ apicore_rate_limit_headers(PG_FUNCTION_ARGS)
 				 errmsg("rate_limit_headers: r must not be NULL"),
 				 errhint("Pass the result of apicore.rate_limit() or apicore.rate_limit_check().")));
 	r = PG_GETARG_HEAPTUPLEHEADER(0);
+	name = RlHeadersPolicyName(fcinfo, r);
+	if (name != NULL)
+		policy = RlPolicyFind(name, true);
+	else
+		name = "default";
 	initStringInfo(&item);
 	RlAppendSfString(&item, name);
-	if (!PG_ARGISNULL(1))
-		policy = RlPolicyFind(name, true);
 	quota = policy ? policy->params.limit : DatumGetInt32(RlResultField(r, 2, "limit"));
 	if (policy)
 		window = policy->params.period / USECS_PER_SEC + (policy->params.period % USECS_PER_SEC > 0);

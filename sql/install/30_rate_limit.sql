@@ -20,10 +20,11 @@ CREATE TYPE apicore.rate_limit_result AS (
     "limit"     int,
     remaining   int,
     retry_after float8,
-    reset_after float8
+    reset_after float8,
+    policy      text
 );
 COMMENT ON TYPE apicore.rate_limit_result IS
-    'verdict of a rate-limit check: retry_after is -1 when allowed; seconds, exact to the microsecond';
+    'verdict of a rate-limit check: retry_after is -1 when allowed; seconds, exact to the microsecond; policy is the named policy that decided (NULL for an ad hoc limit)';
 
 CREATE FUNCTION apicore.rate_limit(key text, "limit" int, period interval,
                                    burst int DEFAULT NULL, cost int DEFAULT 1)
@@ -111,7 +112,7 @@ CREATE FUNCTION apicore.rate_limit_headers(r apicore.rate_limit_result, policy t
     LANGUAGE c STABLE
     AS 'MODULE_PATHNAME', 'apicore_rate_limit_headers';
 COMMENT ON FUNCTION apicore.rate_limit_headers(apicore.rate_limit_result, text, interval) IS
-    'RateLimit-Policy, RateLimit and (when rejected) Retry-After header values';
+    'RateLimit-Policy, RateLimit and (when rejected) Retry-After header values, for policy or else the policy that decided r';
 
 CREATE FUNCTION apicore.concurrency_acquire(key text, max_in_flight int,
                                             lease interval DEFAULT '1 minute')

@@ -72,7 +72,7 @@ is($node->safe_psql('postgres', q{SET apicore.rate_limit_test_clock = 1000;
 	'when_full = allow: a new key is allowed (fail open)');
 is($node->safe_psql('postgres', q{SET apicore.rate_limit_test_clock = 1000;
 	SET apicore.rate_limit_when_full = deny;
-	SELECT apicore.rate_limit('newcomer', 1, '1 hour')}), '(f,1,0,1,0)',
+	SELECT apicore.rate_limit('newcomer', 1, '1 hour')}), '(f,1,0,1,0,)',
 	'when_full = deny: a new key is rejected (fail closed)');
 is($node->safe_psql('postgres', q{SELECT keys_in_use || ',' || full_events || ',' || evictions
 	FROM apicore.rate_limit_stats WHERE policy IS NULL}), '16,2,0',
