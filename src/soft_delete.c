@@ -933,7 +933,8 @@ CreateArchive(SoftDeleteTable *t, PrimaryKey *pk, const char *column)
  * on live rows, so a deleted row's value can be used again.  One a foreign
  * key depends on must stay: it is kept and reported.  A constraint's name
  * stays too, held by a constraint trigger that never fires, for
- * ON CONFLICT ON CONSTRAINT (soft_delete_upsert.c says why).  Returns the jsonb
+ * ON CONFLICT ON CONSTRAINT (soft_delete_upsert.c says why); under the SQL
+ * of 0.1.0, which lacks the trigger's function, the update adds it later.  Returns the jsonb
  * array [{"index": name, "restore": sql}] that disable runs; *kept gets a
  * jsonb array of the kept constraints' names.
  */
@@ -961,7 +962,9 @@ ConvertUniqueConstraints(SoftDeleteTable *t, const char *column, char **kept)
 		   "              ELSE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', $3, "
 		   "                     c.conname, pg_catalog.pg_get_constraintdef(c.oid)) END)::pg_catalog.text, "
 		   "       pg_catalog.to_jsonb(coalesce(c.conname, r.relname)::pg_catalog.text)::pg_catalog.text, "
-		   "       CASE WHEN c.oid IS NOT NULL THEN pg_catalog.format("
+		   "       CASE WHEN c.oid IS NOT NULL "
+		   "             AND pg_catalog.to_regprocedure('" NAME_KEEPER "') IS NOT NULL "
+		   "       THEN pg_catalog.format("
 		   "         'CREATE CONSTRAINT TRIGGER %I AFTER INSERT ON %s NOT DEFERRABLE "
 		   "          FOR EACH ROW WHEN (false) EXECUTE FUNCTION " NAME_KEEPER "', c.conname, $3) END "
 		   "FROM pg_catalog.pg_index i "
@@ -1333,7 +1336,7 @@ DropNameKeepers(SoftDeleteTable *t)
 						   "FROM pg_catalog.pg_trigger g "
 						   "WHERE g.tgrelid OPERATOR(pg_catalog.=) $1 "
 						   "  AND g.tgfoid OPERATOR(pg_catalog.=) "
-						   "      '" NAME_KEEPER "'::pg_catalog.regprocedure::pg_catalog.oid",
+						   "      pg_catalog.to_regprocedure('" NAME_KEEPER "')::pg_catalog.oid",
 						   t->relid, InvalidOid);
 }
 
