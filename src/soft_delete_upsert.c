@@ -36,7 +36,7 @@
  * security check PostgreSQL makes on the existing row of ON CONFLICT DO
  * UPDATE, with a message about a "USING expression".  The hook gives that
  * very check, the hiding policy's, a clear error instead (23505, see
- * ConflictGuard), so the statement fails exactly where and when it failed
+ * GuardDeletedConflict), so the statement fails exactly where and when it failed
  * before: under the same policies, after any policy checked first, and not
  * at all for roles row-level security does not apply to (they see and
  * update deleted rows, as they read them).  DO NOTHING is left as
