@@ -404,3 +404,36 @@ GRANT SELECT ON apicore.rate_limit_stats TO pg_monitor, apicore_rate_limit_admin
 REVOKE ALL ON FUNCTION apicore._rate_limit_maintain() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apicore.rate_limit_reset(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION apicore.rate_limit_reset(text, text) TO apicore_rate_limit_admin;
+
+-- ---------- soft delete: upserts (issue 15) ----------
+-- ON CONFLICT ON CONSTRAINT <a unique constraint soft_delete_enable replaced>
+-- resolves through a constraint trigger that holds the name (src/soft_delete_upsert.c);
+-- tables enabled by 0.1.0 get theirs here.
+CREATE FUNCTION apicore._soft_delete_constraint_name()
+    RETURNS trigger LANGUAGE c
+    AS 'MODULE_PATHNAME', 'apicore_soft_delete_constraint_name';
+CREATE FUNCTION apicore._soft_delete_conflict(tbl regclass, target text, pk jsonb)
+    RETURNS boolean LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_soft_delete_conflict';
+DO $$
+DECLARE
+    k record;
+BEGIN
+    FOR k IN SELECT s.tbl::pg_catalog.regclass AS tbl,
+                    (pg_catalog.parse_ident(e OPERATOR(pg_catalog.->>) 'index'))[2] AS name
+               FROM apicore.soft_delete_settings s,
+                    pg_catalog.jsonb_array_elements(s.converted_unique) e
+              WHERE pg_catalog.starts_with(e OPERATOR(pg_catalog.->>) 'restore', 'ALTER TABLE ')
+                AND pg_catalog.to_regclass(e OPERATOR(pg_catalog.->>) 'index') IS NOT NULL
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                        WHERE tgrelid OPERATOR(pg_catalog.=) k.tbl
+                          AND tgname OPERATOR(pg_catalog.=) k.name) THEN
+            EXECUTE pg_catalog.format('CREATE CONSTRAINT TRIGGER %I AFTER INSERT ON %s NOT DEFERRABLE '
+                                      'FOR EACH ROW WHEN (false) '
+                                      'EXECUTE FUNCTION apicore._soft_delete_constraint_name()',
+                                      k.name, k.tbl);
+        END IF;
+    END LOOP;
+END
+$$;

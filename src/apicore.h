@@ -107,7 +107,9 @@ extern void SagaShmemRequest(void);
 extern void SagaShmemStartup(void);
 extern void SoftDeleteInit(void);
 extern AttrNumber SoftDeleteColumnOf(Oid relid);
-extern void SoftDeleteInferArbiter(Query *query);
+/* the policy that hides deleted rows (soft_delete.c makes it, soft_delete_upsert.c reads its checks) */
+#define SOFT_DELETE_HIDE_POLICY "apicore_soft_delete"
+extern void SoftDeletePrepareUpsert(Query *query);
 extern void TenantInit(void);
 
 #endif							/* APICORE_H */

@@ -58,3 +58,16 @@ ApicoreSetUpdatedCols(Query *query, RangeTblEntry *rte, Bitmapset *cols)
 	rte->updatedCols = cols;
 #endif
 }
+
+/* Columns a statement reads (SELECT privilege on them is required). */
+void
+ApicoreAddSelectedCols(Query *query, RangeTblEntry *rte, Bitmapset *cols)
+{
+#if PG_VERSION_NUM >= 160000
+	RTEPermissionInfo *perminfo = getRTEPermissionInfo(query->rteperminfos, rte);
+
+	perminfo->selectedCols = bms_add_members(perminfo->selectedCols, cols);
+#else
+	rte->selectedCols = bms_add_members(rte->selectedCols, cols);
+#endif
+}

@@ -83,5 +83,7 @@ struct RangeTblEntry;
 extern void ApicoreInitRangeTable(struct EState *estate, List *range_table);
 extern void ApicoreSetUpdatedCols(struct Query *query, struct RangeTblEntry *rte,
 								  Bitmapset *cols);
+extern void ApicoreAddSelectedCols(struct Query *query, struct RangeTblEntry *rte,
+								   Bitmapset *cols);
 
 #endif							/* APICORE_COMPAT_H */

@@ -76,12 +76,14 @@
 #define GUARD_TRIGGER		"apicore_soft_delete"
 #define TRUNCATE_TRIGGER	"apicore_soft_delete_truncate"
 #define CASCADE_TRIGGER_FMT "apicore_soft_delete_cascade_%u"
-#define HIDE_POLICY			"apicore_soft_delete"
+#define HIDE_POLICY			SOFT_DELETE_HIDE_POLICY
 #define PERMIT_POLICY		"apicore_permit_all"
 #define TENANT_POLICY		"apicore_tenant_isolation"
 #define ADMIN_ROLE			"apicore_soft_delete_admin"
 #define DEFAULT_TENANT_SETTING "app.current_tenant"
 #define ARCHIVE_SUFFIX		"_archive"
+/* holds a replaced unique constraint's name (soft_delete_upsert.c) */
+#define NAME_KEEPER			"apicore._soft_delete_constraint_name()"
 
 /* SQL: c is a cascading foreign key of another table that references $1 */
 #define CHILD_FK_FILTER \
@@ -139,6 +141,7 @@ PG_FUNCTION_INFO_V1(apicore_soft_delete_purge);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_maintain);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_guard);
 PG_FUNCTION_INFO_V1(apicore_soft_delete_cascade);
+PG_FUNCTION_INFO_V1(apicore_soft_delete_constraint_name);
 PG_FUNCTION_INFO_V1(apicore_tenant_isolation_enable);
 
 /* used before their definitions */
@@ -271,7 +274,7 @@ ConvertSoftDeletes(Query *query)
 	if (query->commandType == CMD_MERGE)
 		RefuseMergeDelete(query);
 	if (query->commandType == CMD_INSERT)
-		SoftDeleteInferArbiter(query);
+		SoftDeletePrepareUpsert(query);
 	if (query->commandType != CMD_DELETE)
 		return false;
 	return ConvertDeleteToMark(query);
@@ -928,7 +931,10 @@ CreateArchive(SoftDeleteTable *t, PrimaryKey *pk, const char *column)
 /*
  * Turn each unique constraint and unique index into a partial unique index
  * on live rows, so a deleted row's value can be used again.  One a foreign
- * key depends on must stay: it is kept and reported.  Returns the jsonb
+ * key depends on must stay: it is kept and reported.  A constraint's name
+ * stays too, held by a constraint trigger that never fires, for
+ * ON CONFLICT ON CONSTRAINT (soft_delete_upsert.c says why); under the SQL
+ * of 0.1.0, which lacks the trigger's function, the update adds it later.  Returns the jsonb
  * array [{"index": name, "restore": sql}] that disable runs; *kept gets a
  * jsonb array of the kept constraints' names.
  */
@@ -955,7 +961,12 @@ ConvertUniqueConstraints(SoftDeleteTable *t, const char *column, char **kept)
 		   "         CASE WHEN c.oid IS NULL THEN pg_catalog.pg_get_indexdef(i.indexrelid) "
 		   "              ELSE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', $3, "
 		   "                     c.conname, pg_catalog.pg_get_constraintdef(c.oid)) END)::pg_catalog.text, "
-		   "       pg_catalog.to_jsonb(coalesce(c.conname, r.relname)::pg_catalog.text)::pg_catalog.text "
+		   "       pg_catalog.to_jsonb(coalesce(c.conname, r.relname)::pg_catalog.text)::pg_catalog.text, "
+		   "       CASE WHEN c.oid IS NOT NULL "
+		   "             AND pg_catalog.to_regprocedure('" NAME_KEEPER "') IS NOT NULL "
+		   "       THEN pg_catalog.format("
+		   "         'CREATE CONSTRAINT TRIGGER %I AFTER INSERT ON %s NOT DEFERRABLE "
+		   "          FOR EACH ROW WHEN (false) EXECUTE FUNCTION " NAME_KEEPER "', c.conname, $3) END "
 		   "FROM pg_catalog.pg_index i "
 		   "JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) i.indexrelid "
 		   "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace "
@@ -987,6 +998,8 @@ ConvertUniqueConstraints(SoftDeleteTable *t, const char *column, char **kept)
 		}
 		statements = lappend(statements, SPI_getvalue(row, desc, 3));
 		statements = lappend(statements, SPI_getvalue(row, desc, 4));
+		if (SPI_getvalue(row, desc, 7) != NULL)
+			statements = lappend(statements, SPI_getvalue(row, desc, 7));
 		appendStringInfo(record, "%s%s", record->len ? ", " : "", SPI_getvalue(row, desc, 5));
 	}
 	foreach(lc, statements)
@@ -1314,6 +1327,19 @@ CheckedRestoreStatement(SoftDeleteTable *t, const char *sql)
 	return qualified;
 }
 
+/* The triggers that held the constraints' names: the constraints take them back. */
+static void
+DropNameKeepers(SoftDeleteTable *t)
+{
+	RunGeneratedStatements("SELECT pg_catalog.format('DROP TRIGGER %I ON %s', g.tgname, "
+						   "       g.tgrelid::pg_catalog.regclass) "
+						   "FROM pg_catalog.pg_trigger g "
+						   "WHERE g.tgrelid OPERATOR(pg_catalog.=) $1 "
+						   "  AND g.tgfoid OPERATOR(pg_catalog.=) "
+						   "      pg_catalog.to_regprocedure('" NAME_KEEPER "')::pg_catalog.oid",
+						   t->relid, InvalidOid);
+}
+
 /*
  * Put the unique constraints back as they were.  Deleted rows that share a
  * value with another row make that fail with unique_violation, and the
@@ -1420,6 +1446,7 @@ apicore_soft_delete_disable(PG_FUNCTION_ARGS)
 	RunSqlf("DROP TRIGGER IF EXISTS %s ON %s", TRUNCATE_TRIGGER, t.qualname);
 	DropCascadeTriggers(&t);
 	RelaxRowSecurity(&t, enabled_by_apicore, forced_by_apicore);
+	DropNameKeepers(&t);
 	RestoreUniqueConstraints(&t, converted);
 
 	ApicoreBecome(&id, SettingsOwner(), 0);
@@ -1636,6 +1663,17 @@ RequireTrigger(FunctionCallInfo fcinfo, const char *name)
 				 errmsg("apicore: %s() is a trigger function", name),
 				 errhint("apicore.soft_delete_enable() creates the triggers that use it.")));
 	return (TriggerData *) fcinfo->context;
+}
+
+/*
+ * AFTER INSERT ... WHEN (false), named after a unique constraint enable
+ * replaced: the trigger only holds the name, and never fires.
+ */
+Datum
+apicore_soft_delete_constraint_name(PG_FUNCTION_ARGS)
+{
+	(void) RequireTrigger(fcinfo, "_soft_delete_constraint_name");
+	return PointerGetDatum(NULL);
 }
 
 /*

@@ -162,6 +162,15 @@ CREATE FUNCTION apicore._soft_delete_guard()
 CREATE FUNCTION apicore._soft_delete_cascade()
     RETURNS trigger LANGUAGE c
     AS 'MODULE_PATHNAME', 'apicore_soft_delete_cascade';
+-- Holds the name of a unique constraint soft_delete_enable replaced with a
+-- partial index, for ON CONFLICT ON CONSTRAINT (a trigger that never fires).
+CREATE FUNCTION apicore._soft_delete_constraint_name()
+    RETURNS trigger LANGUAGE c
+    AS 'MODULE_PATHNAME', 'apicore_soft_delete_constraint_name';
+-- The error of ON CONFLICT DO UPDATE meeting a soft-deleted row (never returns).
+CREATE FUNCTION apicore._soft_delete_conflict(tbl regclass, target text, pk jsonb)
+    RETURNS boolean LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apicore_soft_delete_conflict';
 
 CREATE FUNCTION apicore._soft_delete_maintain()
     RETURNS text LANGUAGE c VOLATILE

@@ -275,6 +275,21 @@ INSERT INTO notes VALUES (200, 't1', now(), 'reuse', 'h7') RETURNING handle}),
 SET ROLE app; SET app.current_tenant = 't1';
 INSERT INTO notes VALUES (201, 't1', now(), 'taken', 'h12')});
 like($err, qr/duplicate key value violates unique constraint/, 'a live row\'s unique value is still unique');
+# upserts: the constraint's name still resolves (the trigger that holds it
+# and the partial index of the same name came back), and DO UPDATE on a
+# deleted row's key still gets apicore's error
+is($node->safe_psql('restored', q{
+SET ROLE app; SET app.current_tenant = 't1';
+INSERT INTO notes VALUES (202, 't1', now(), 'upsert', 'h12') ON CONFLICT ON CONSTRAINT notes_handle_key DO NOTHING RETURNING id;
+INSERT INTO notes VALUES (202, 't1', now(), 'upsert', 'h8') ON CONFLICT ON CONSTRAINT notes_handle_key DO NOTHING RETURNING id}),
+	'202', 'ON CONFLICT ON CONSTRAINT <the original name> after the restore: live rows conflict, deleted ones do not');
+$node->safe_psql('restored', 'GRANT UPDATE ON notes TO app');
+($rc, $out, $err) = $node->psql('restored', q{
+SET ROLE app; SET app.current_tenant = 't1';
+INSERT INTO notes VALUES (6, 't1', now(), 'upsert', 'h6') ON CONFLICT (id) DO UPDATE SET body = excluded.body},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/23505: apicore: cannot upsert into "notes": the row with primary key \{"id": 6\} is soft-deleted/,
+	'an upsert on a deleted row\'s key after the restore: apicore\'s 23505');
 ($rc, $out, $err) = $node->psql('restored', 'TRUNCATE notes');
 isnt($rc, 0, 'TRUNCATE is still refused on the soft-delete table');
 

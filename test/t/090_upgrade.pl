@@ -168,7 +168,7 @@ SELECT apicore.rate_limit_policy_set('api', 3, '1 hour');
 
 SELECT apicore.saga_define('checkout', '[{"name": "reserve", "compensate": "release"}, {"name": "charge"}]');
 
-CREATE TABLE notes (id int PRIMARY KEY, body text);
+CREATE TABLE notes (id int PRIMARY KEY, body text, handle text UNIQUE);
 INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 3) g;
 SELECT apicore.soft_delete_enable('notes');
 GRANT SELECT, DELETE ON notes TO app;
@@ -258,6 +258,12 @@ SELECT string_agg(coalesce(step, '(saga)') || ':' || coalesce(from_state, '') ||
 		"$v: the saga log shows each transition once, in order, across the update");
 	is($node->safe_psql($db, q{SET ROLE app; SELECT string_agg(id::text, ',' ORDER BY id) FROM notes}),
 		'1,3', "$v: the soft-deleted row stays hidden");
+	# the unique constraint soft_delete_enable replaced keeps its name for
+	# ON CONFLICT ON CONSTRAINT (the update adds the trigger that holds it)
+	is($node->safe_psql($db, q{
+INSERT INTO notes VALUES (10, 'n', 'h') ON CONFLICT ON CONSTRAINT notes_handle_key DO NOTHING RETURNING id;
+INSERT INTO notes VALUES (11, 'n', 'h') ON CONFLICT ON CONSTRAINT notes_handle_key DO NOTHING RETURNING id}),
+		'10', "$v: ON CONFLICT ON CONSTRAINT <the original name> after the update");
 	$node->safe_psql($db, q{SET ROLE app; DELETE FROM notes WHERE id = 3});
 	is($node->safe_psql($db, q{SELECT string_agg(id::text, ',' ORDER BY id) FROM notes WHERE deleted_at IS NOT NULL}),
 		'2,3', "$v: DELETE still only marks rows");
